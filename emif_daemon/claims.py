@@ -1,0 +1,288 @@
+"""Exactly-once work on a shared folder (SPEC §5).
+
+A claim is a file the file server creates atomically with O_CREAT|O_EXCL; whoever fails to
+create it does not touch the item. The owner keeps the claim open and rewrites it in place
+as a heartbeat, so its mtime is stamped by the file server's clock. A done claim is
+rewritten in place, never removed or replaced: a host with a stale directory listing still
+fails to create it. Stale claims are broken by renaming them to a unique name in
+``.emif/broken/`` — only one host's rename can succeed — and each broken claim counts as an
+attempt of its item.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .files import atomic_write_json, fsync_dir, rename_noreplace
+
+CLAIM_SUFFIX = ".claim"
+
+
+class ClaimState(StrEnum):
+    WORKING = "working"
+    DONE = "done"
+
+
+@dataclass
+class Claim:
+    """A claim this process holds; `lock` serialises heartbeat, commit and release."""
+
+    stage: str
+    item: str
+    path: Path
+    token: str
+    fd: int
+    started: float
+    lost: bool = False
+    abandoned: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+def _process_start(pid: int) -> float | None:
+    try:
+        return psutil.Process(pid).create_time()
+    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
+        return None
+
+
+_OWN_START = _process_start(os.getpid())
+
+
+def read_claim(path: Path) -> dict[str, Any] | None:
+    """The claim's content, or None if it is missing or cannot be parsed (treated as fresh)."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def owner_is_dead_here(content: dict[str, Any], host: str) -> bool:
+    """True when the claim was made on this host by a process that no longer exists.
+
+    The process start time guards against a reused pid.
+    """
+    if content.get("host") != host or not isinstance(content.get("pid"), int):
+        return False
+    start = _process_start(content["pid"])
+    recorded = content.get("pid_start")
+    if start is None:
+        return True
+    return isinstance(recorded, int | float) and abs(start - recorded) > 1.0
+
+
+class ClaimStore:
+    """Claims of one host on one root; thread-safe."""
+
+    def __init__(
+        self,
+        claims_dir: Path,
+        broken_dir: Path,
+        clock_dir: Path,
+        *,
+        host: str,
+        lease_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.claims_dir = claims_dir
+        self.broken_dir = broken_dir
+        self.clock_dir = clock_dir
+        self.host = host
+        self.lease_s = lease_s
+        self.clock = clock  # only for the human-readable times in claims, never for decisions
+        self._held: dict[Path, Claim] = {}
+        self._mutex = threading.Lock()
+        self._probe_fd: int | None = None
+
+    # -- paths -------------------------------------------------------------------------
+    def path(self, stage: str, item: str) -> Path:
+        return self.claims_dir / stage / (item + CLAIM_SUFFIX)
+
+    def held(self) -> list[Claim]:
+        with self._mutex:
+            return list(self._held.values())
+
+    # -- the file server's clock ---------------------------------------------------------
+    def server_now(self) -> float:
+        """The file server's current time: the mtime of a file we just wrote there.
+
+        Ages are measured against this, never the local clock, so skew between Macs does
+        not matter.
+        """
+        if self._probe_fd is None:
+            self.clock_dir.mkdir(parents=True, exist_ok=True)
+            probe = self.clock_dir / f"{self.host}.{os.getpid()}"
+            self._probe_fd = os.open(probe, os.O_RDWR | os.O_CREAT, 0o644)
+        os.pwrite(self._probe_fd, b"x", 0)
+        os.fsync(self._probe_fd)
+        return os.fstat(self._probe_fd).st_mtime
+
+    def close(self) -> None:
+        if self._probe_fd is not None:
+            probe = self.clock_dir / f"{self.host}.{os.getpid()}"
+            os.close(self._probe_fd)
+            self._probe_fd = None
+            probe.unlink(missing_ok=True)
+
+    # -- claim, heartbeat, commit, release ------------------------------------------------
+    def _content(self, claim: Claim, state: ClaimState, **extra: Any) -> bytes:
+        doc = {
+            "host": self.host,
+            "pid": os.getpid(),
+            "pid_start": _OWN_START,
+            "token": claim.token,
+            "stage": claim.stage,
+            "item": claim.item,
+            "started": claim.started,
+            "state": str(state),
+            **extra,
+        }
+        return json.dumps(doc).encode()
+
+    def try_claim(self, stage: str, item: str) -> Claim | None:
+        """Create the claim exclusively; None if another host (or thread) holds it or did it."""
+        path = self.path(stage, item)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return None
+        claim = Claim(stage, item, path, secrets.token_hex(8), fd, self.clock())
+        os.write(fd, self._content(claim, ClaimState.WORKING))
+        os.fsync(fd)
+        with self._mutex:
+            self._held[path] = claim
+        return claim
+
+    def owns(self, claim: Claim) -> bool:
+        content = read_claim(claim.path)
+        return content is not None and content.get("token") == claim.token
+
+    def heartbeat(self, claim: Claim) -> bool:
+        """Refresh the claim's mtime (server clock); False once the claim is lost."""
+        with claim.lock:
+            if claim.lost or claim.abandoned:
+                return False
+            try:
+                data = self._content(claim, ClaimState.WORKING)
+                os.pwrite(claim.fd, data, 0)
+                os.fsync(claim.fd)
+            except OSError:
+                claim.lost = True
+                return False
+            if not self.owns(claim):
+                claim.lost = True
+            return not claim.lost
+
+    def commit(self, claim: Claim, publish: Callable[[], Any], **record: Any) -> bool:
+        """Run `publish` (the rename into place) and mark the claim done, atomically with
+        respect to shutdown and loss: nothing is published by a claim we no longer hold.
+        """
+        with claim.lock:
+            if claim.abandoned or claim.lost or not self.owns(claim):
+                claim.lost = claim.lost or not claim.abandoned
+                return False
+            publish()
+            data = self._content(claim, ClaimState.DONE, finished=self.clock(), **record)
+            # Rewritten in place (truncate, write, fsync): never removed or replaced.
+            os.ftruncate(claim.fd, 0)
+            os.pwrite(claim.fd, data, 0)
+            os.fsync(claim.fd)
+            self._forget(claim)
+            return True
+
+    def release(self, claim: Claim) -> None:
+        """Give the item back so any host can take it (on failure or shutdown)."""
+        with claim.lock:
+            if claim.path not in self._held:
+                return
+            if not claim.lost and self.owns(claim):
+                with contextlib.suppress(FileNotFoundError):
+                    claim.path.unlink()
+            claim.abandoned = True
+            self._forget(claim)
+
+    def _forget(self, claim: Claim) -> None:
+        with contextlib.suppress(OSError):
+            os.close(claim.fd)
+        with self._mutex:
+            self._held.pop(claim.path, None)
+
+    # -- stale claims ---------------------------------------------------------------------
+    def stale_reason(self, path: Path, now: float) -> str | None:
+        """Why the claim at `path` belongs to a dead owner, or None if it must be left alone."""
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        content = read_claim(path)
+        if content is None or content.get("state") != ClaimState.WORKING:
+            return None  # done, or unparseable (maybe being written): never broken
+        if owner_is_dead_here(content, self.host):
+            return "owner process is gone"
+        if now - mtime > self.lease_s:
+            return f"no heartbeat for {now - mtime:.0f} s (lease {self.lease_s:g} s)"
+        return None
+
+    def break_stale(self, stage: str, item: str) -> dict[str, Any] | None:
+        """Break a stale claim; returns the dead owner's claim if this host broke it."""
+        path = self.path(stage, item)
+        now = self.server_now()
+        before = read_claim(path)
+        if before is None or self.stale_reason(path, now) is None:
+            return None
+        target = self.broken_dir / stage / (
+            f"{item}{CLAIM_SUFFIX}.{self.host}.{os.getpid()}.{secrets.token_hex(4)}"
+        )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(path, target)  # unique target: only one breaker's rename succeeds
+        except FileNotFoundError:
+            return None
+        moved = read_claim(target)
+        if moved is None or moved.get("token") != before.get("token"):
+            # Between our look and our rename the claim was broken and taken afresh by
+            # someone alive: put theirs back where it was.
+            with contextlib.suppress(OSError):
+                rename_noreplace(target, path)
+            return None
+        fsync_dir(path.parent)
+        return before
+
+    def broken_count(self, stage: str, item: str) -> int:
+        """How many times the item's worker died holding it: each counts as an attempt."""
+        folder = self.broken_dir / stage / Path(item).parent
+        prefix = Path(item).name + CLAIM_SUFFIX + "."
+        try:
+            return sum(1 for e in os.scandir(folder) if e.name.startswith(prefix))
+        except FileNotFoundError:
+            return 0
+
+
+def forget_broken(broken_dir: Path, stage: str, item: str) -> None:
+    """Reset an item's attempt count (``emif retry``)."""
+    folder = broken_dir / stage / Path(item).parent
+    prefix = Path(item).name + CLAIM_SUFFIX + "."
+    with contextlib.suppress(FileNotFoundError):
+        for entry in os.scandir(folder):
+            if entry.name.startswith(prefix):
+                Path(entry.path).unlink(missing_ok=True)
+
+
+def record_failure(failed_dir: Path, stage: str, item: str, record: dict[str, Any]) -> Path:
+    """`.emif/failed/<stage>/<item>.json`: the item is skipped until `emif retry`."""
+    path = failed_dir / stage / (item + ".json")
+    atomic_write_json(path, record)
+    return path

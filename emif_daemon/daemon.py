@@ -1,0 +1,149 @@
+"""Wires config, layout, claims, stages and the engine into one running daemon."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from . import __version__
+from .claims import ClaimStore
+from .config import Config
+from .engine import Engine, Stage
+from .files import MACHINE, clean_orphans
+from .layout import STAGES, Layout
+from .logs import get_logger
+from .metrics import MetricsWriter
+from .retry import RetryPolicy
+from .watch import Hints, Settler
+
+ORPHAN_MAX_AGE_S = 6 * 3600
+
+
+def host_id(cfg: Config) -> str:
+    return cfg.coordination.host_id or MACHINE
+
+
+@dataclass
+class Runtime:
+    """What every stage shares: the root, this host, the claim store, the settler."""
+
+    cfg: Config
+    layout: Layout
+    host: str
+    store: ClaimStore
+    settler: Settler
+    on_event: Callable[[str, dict[str, Any]], None]
+
+
+def make_runtime(cfg: Config, on_event: Callable[[str, dict[str, Any]], None]) -> Runtime:
+    layout = Layout(cfg.paths.root)
+    layout.ensure()
+    host = host_id(cfg)
+    store = ClaimStore(
+        layout.claims,
+        layout.state / "broken",
+        layout.clock,
+        host=host,
+        lease_s=cfg.coordination.lease_s,
+    )
+    return Runtime(cfg, layout, host, store, Settler(cfg.watch.settle_s), on_event)
+
+
+def build_stages(rt: Runtime, names: list[str]) -> list[Stage]:
+    """The enabled stages among `names`, downstream first (they win a shared server)."""
+    from .stages import build  # noqa: PLC0415 - stages pull in HTTP and image code
+
+    return [build(name, rt) for name in names]
+
+
+def enabled_stages(cfg: Config, requested: list[str] | None) -> list[str]:
+    wanted = requested or list(STAGES)
+    return [s for s in STAGES if s in wanted and getattr(cfg, s).enabled]
+
+
+def run_daemon(
+    cfg: Config,
+    *,
+    once: bool = False,
+    stage_names: list[str] | None = None,
+    stage_factory: Callable[[Runtime], list[Stage]] | None = None,
+    may_claim: Callable[[], bool] | None = None,
+    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    config_path: str = "",
+) -> int:
+    """Run until SIGTERM/SIGINT (or, with `once`, until drained); returns the exit code."""
+    log = get_logger()
+    rt = make_runtime(cfg, on_event or (lambda _e, _d: None))
+    names = enabled_stages(cfg, stage_names)
+    stages = stage_factory(rt) if stage_factory else build_stages(rt, names)
+    removed = clean_orphans(
+        [rt.layout.generations, rt.layout.upscaled, rt.layout.segments, rt.layout.state],
+        host=MACHINE,
+        server_now=rt.store.server_now(),
+        max_age_s=ORPHAN_MAX_AGE_S,
+        alive=psutil.pid_exists,
+    )
+    for path in removed:
+        log.info("orphan_removed", path=str(path))
+    engine = Engine(
+        stages=stages,
+        store=rt.store,
+        failed_dir=rt.layout.failed,
+        retry=RetryPolicy(max_attempts=cfg.server.max_attempts),
+        rescan_s=cfg.watch.rescan_interval_s,
+        heartbeat_s=cfg.coordination.heartbeat_s,
+        once=once,
+        metrics=MetricsWriter(rt.layout.metrics / rt.host),
+        may_claim=may_claim or (lambda: True),
+        on_event=rt.on_event,
+    )
+    hints = Hints(rt.settler)
+    if cfg.watch.mode == "auto":
+        for stage in stages:
+            folder = {"generate": rt.layout.queue, "upscale": rt.layout.generations}.get(
+                stage.name, rt.layout.upscaled if stage.name == "segment" else None
+            )
+            if folder is not None:
+                hints.route(folder, engine.wake[stage.name])
+        why = hints.start()
+        if why:
+            log.warning("file_events_unavailable", reason=why, fallback="rescans only")
+    previous = _install_signals(engine)
+    log.info(
+        "daemon_started",
+        version=__version__,
+        config=config_path,
+        root=str(rt.layout.root),
+        stages=[s.name for s in stages],
+        once=once,
+        pid=psutil.Process().pid,
+    )
+    try:
+        code = engine.run()
+    finally:
+        hints.stop()
+        _restore_signals(previous)
+    log.info("daemon_stopped", exit_code=code)
+    return code
+
+
+def _install_signals(engine: Engine) -> dict[int, Any]:
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+
+    def handler(signum: int, _frame: Any) -> None:
+        # Only set flags here; the engine's run loop does the shutdown steps.
+        engine.stop_reason = signal.Signals(signum).name
+        engine.request_stop()
+
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+
+def _restore_signals(previous: dict[int, Any]) -> None:
+    for sig, old in previous.items():
+        signal.signal(sig, old)

@@ -1,0 +1,45 @@
+"""Error classes, grouped by what the engine must do with an item when one is raised."""
+
+from __future__ import annotations
+
+
+class EmifError(Exception):
+    """Base of every error the daemon raises on purpose."""
+
+
+class ConfigError(EmifError):
+    """The configuration is wrong; each line of ``problems`` names a key and what to do."""
+
+    def __init__(self, problems: list[str], path: str = "") -> None:
+        self.problems = problems
+        self.path = path
+        where = f"{path}: " if path else ""
+        super().__init__(where + "; ".join(problems))
+
+
+class ServerUnavailable(EmifError):
+    """The server cannot be reached: wait for it; the item is not charged an attempt."""
+
+
+class TransientError(EmifError):
+    """Worth another attempt after a backoff (HTTP 5xx, a read timeout, a broken image)."""
+
+
+class PermanentItemError(EmifError):
+    """Fail the item now: another attempt would fail the same way (HTTP 4xx, a bad input)."""
+
+
+class StageUnavailable(EmifError):
+    """A whole stage cannot run (for example its model checkpoint is missing)."""
+
+
+class ClaimLost(EmifError):
+    """Another daemon now holds the item: not an error, the item is simply not ours."""
+
+
+class Shutdown(BaseException):  # noqa: N818 - a signal, not an error
+    """Raised inside a worker to unwind an item at shutdown.
+
+    Inherits from BaseException because it is a shutdown signal: no ``except Exception``
+    in stage code may swallow it.
+    """

@@ -1,0 +1,203 @@
+"""Atomic publishing on a shared folder, after Maildir.
+
+Every file appears under its final name only when complete: it is written under a
+dot-prefixed name unique to host and process, flushed, fsynced, then renamed into place.
+No file modification is done after the file is moved to its final position.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import json
+import os
+import secrets
+import shutil
+import socket
+import struct
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TEMP_MARK = ".emiftmp"
+
+MACHINE = socket.gethostname().split(".")[0] or "host"
+_HOST = MACHINE
+
+
+def temp_name(final: Path, host: str = _HOST) -> Path:
+    """`.<name>.<host>.<pid>.<random>.emiftmp` beside `final`: never an input, never shared."""
+    return final.with_name(f".{final.name}.{host}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_MARK}")
+
+
+def parse_temp_name(name: str) -> tuple[str, int] | None:
+    """(host, pid) of a temp name written by `temp_name`, or None."""
+    if not (name.startswith(".") and name.endswith(TEMP_MARK)):
+        return None
+    parts = name[: -len(TEMP_MARK)].rsplit(".", 3)
+    if len(parts) != 4 or not parts[2].isdigit():
+        return None
+    return parts[1], int(parts[2])
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename durable; not every platform or share allows opening a folder."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_temp(final: Path, data: bytes) -> Path:
+    tmp = temp_name(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return tmp
+
+
+def atomic_write(final: Path, data: bytes) -> None:
+    """Write then rename over `final`: for records we own (sidecars, plans), never images."""
+    tmp = write_temp(final, data)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(final.parent)
+
+
+def atomic_write_json(final: Path, obj: Any) -> None:
+    atomic_write(final, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+
+
+def publish_new(final: Path, data: bytes) -> None:
+    """Write `data` under `final`, which must not exist yet; FileExistsError if it does."""
+    tmp = write_temp(final, data)
+    try:
+        rename_noreplace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(final.parent)
+
+
+@contextlib.contextmanager
+def building_dir(final: Path) -> Iterator[Path]:
+    """A dot-temp folder beside `final`; the caller fills it, then `publish_dir` renames it."""
+    tmp = temp_name(final)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish_dir(tmp: Path, final: Path) -> None:
+    for child in tmp.iterdir():
+        with open(child, "rb") as fh:
+            os.fsync(fh.fileno())
+    rename_noreplace(tmp, final)
+    fsync_dir(final.parent)
+
+
+# renameat2(RENAME_NOREPLACE) on Linux, renamex_np(RENAME_EXCL) on macOS: the file server
+# refuses to replace an existing name, so two hosts can never overwrite each other's output.
+_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+_AT_FDCWD = -100
+
+
+def _native_noreplace(src: bytes, dst: bytes) -> int | None:
+    if sys.platform.startswith("linux") and hasattr(_LIBC, "renameat2"):
+        return _LIBC.renameat2(_AT_FDCWD, src, _AT_FDCWD, dst, 1)
+    if sys.platform == "darwin" and hasattr(_LIBC, "renamex_np"):
+        return _LIBC.renamex_np(src, dst, 0x4)
+    return None
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename that fails with FileExistsError instead of replacing `dst`."""
+    result = _native_noreplace(os.fsencode(src), os.fsencode(dst))
+    if result == 0:
+        return
+    err = ctypes.get_errno() if result is not None else errno.ENOSYS
+    if err == errno.EEXIST:
+        raise FileExistsError(errno.EEXIST, "already exists", str(dst))
+    if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        raise OSError(err, os.strerror(err), str(src))
+    # The file system cannot refuse for us: the claim we hold makes this check-then-act safe.
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "already exists", str(dst))
+    os.rename(src, dst)
+
+
+def png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the IHDR chunk without decoding, or None if not a PNG."""
+    if len(data) < 24 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return int(width), int(height)
+
+
+def png_problem(data: bytes, expect: tuple[int, int] | None = None) -> str | None:
+    """Why `data` is not a complete PNG of the expected size, or None.
+
+    Checks structure and CRCs (Pillow's verify) without decoding pixels: the bytes are
+    written as they are, never re-encoded.
+    """
+    from io import BytesIO  # noqa: PLC0415 - keep module import light
+
+    from PIL import Image  # noqa: PLC0415
+
+    size = png_size(data)
+    if size is None:
+        return "not a PNG (bad signature or header)"
+    if not data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82"):
+        return "PNG is truncated (no IEND chunk)"
+    try:
+        with Image.open(BytesIO(data)) as img:
+            img.verify()
+    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt data
+        return f"PNG does not verify: {exc}"
+    if expect and size != tuple(expect):
+        return f"PNG is {size[0]}×{size[1]}, expected {expect[0]}×{expect[1]}"
+    return None
+
+
+def clean_orphans(
+    folders: list[Path], *, host: str, server_now: float, max_age_s: float, alive: Any
+) -> list[Path]:
+    """Remove temp files and folders left by dead writers; returns what was removed.
+
+    Ours (same host) go as soon as their process is gone; other hosts' only once older than
+    `max_age_s` by the file server's clock, since we cannot see their processes.
+    """
+    removed: list[Path] = []
+    for top in folders:
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in [*filenames, *dirnames]:
+                owner = parse_temp_name(name)
+                if owner is None:
+                    continue
+                path = Path(dirpath) / name
+                try:
+                    age = server_now - path.lstat().st_mtime
+                except FileNotFoundError:
+                    continue
+                mine = owner[0] == host
+                if (mine and not alive(owner[1])) or (not mine and age > max_age_s):
+                    if path.is_dir():
+                        shutil.rmtree(path, ignore_errors=True)
+                    else:
+                        path.unlink(missing_ok=True)
+                    removed.append(path)
+            dirnames[:] = [d for d in dirnames if parse_temp_name(d) is None]
+    return removed

@@ -1,0 +1,136 @@
+"""The root folder: where everything lives, which names are inputs, input → output paths."""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+STAGES = ("generate", "upscale", "segment")
+TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")
+UPSCALED_SUFFIX = "_upscaled_1"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths under one root; every host that mounts the share sees the same ones."""
+
+    root: Path
+
+    @property
+    def queue(self) -> Path:
+        return self.root / "queue"
+
+    @property
+    def accepted(self) -> Path:
+        return self.queue / "accepted"
+
+    @property
+    def done(self) -> Path:
+        return self.queue / "done"
+
+    @property
+    def rejected(self) -> Path:
+        return self.queue / "rejected"
+
+    @property
+    def generations(self) -> Path:
+        return self.root / "GENERATIONS"
+
+    @property
+    def upscaled(self) -> Path:
+        return self.root / "UPSCALED_IMAGES"
+
+    @property
+    def segments(self) -> Path:
+        return self.root / "SEGMENTS"
+
+    @property
+    def state(self) -> Path:
+        return self.root / ".emif"
+
+    @property
+    def claims(self) -> Path:
+        return self.state / "claims"
+
+    @property
+    def failed(self) -> Path:
+        return self.state / "failed"
+
+    @property
+    def jobs(self) -> Path:
+        return self.state / "jobs"
+
+    @property
+    def control(self) -> Path:
+        return self.state / "control"
+
+    @property
+    def clock(self) -> Path:
+        return self.state / "clock"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics"
+
+    def ensure(self) -> None:
+        """Create every folder (idempotent, safe while other hosts do the same)."""
+        for path in (
+            self.accepted, self.done, self.rejected, self.generations, self.upscaled,
+            self.segments, self.jobs, self.control, self.clock, self.logs, self.metrics,
+        ):  # fmt: skip
+            path.mkdir(parents=True, exist_ok=True)
+        for stage in STAGES:
+            (self.claims / stage).mkdir(parents=True, exist_ok=True)
+            (self.failed / stage).mkdir(parents=True, exist_ok=True)
+
+    def stage_input(self, stage: str) -> Path:
+        return {"upscale": self.generations, "segment": self.upscaled}[stage]
+
+
+def is_ignored(name: str) -> bool:
+    """Names that are never inputs: hidden, temporary, half-downloaded (SPEC §2)."""
+    return name.startswith(".") or name.endswith(TEMP_SUFFIXES)
+
+
+def is_input_png(name: str) -> bool:
+    return not is_ignored(name) and name.lower().endswith(".png")
+
+
+def upscale_output(rel: PurePosixPath) -> PurePosixPath:
+    """GENERATIONS/<dirs>/<stem>.png → UPSCALED_IMAGES/<dirs>/<stem>_upscaled_1.png."""
+    return rel.with_name(f"{rel.stem}{UPSCALED_SUFFIX}.png")
+
+
+def segment_output(rel: PurePosixPath) -> PurePosixPath:
+    """UPSCALED_IMAGES/<dirs>/<stem>.png → SEGMENTS/<dirs>/<stem>/ (a folder)."""
+    return rel.with_name(rel.stem)
+
+
+def name_problem(name: object) -> str | None:
+    """Why `name` cannot be a folder name, or None (SPEC §3 rules for nation/category)."""
+    if not isinstance(name, str):
+        return "must be a string"
+    if not name.strip():
+        return "must not be empty"
+    if len(name) > 100:
+        return f"is {len(name)} characters long, at most 100 allowed"
+    for bad in ("/", "\\", "\x00"):
+        if bad in name:
+            return f"contains {bad!r}"
+    if any(unicodedata.category(ch) == "Cc" for ch in name):
+        return "contains a control character"
+    if name in (".", ".."):
+        return f"must not be {name!r}"
+    if name.startswith("."):
+        return "must not start with '.'"
+    return None
+
+
+def safe_name(name: str) -> str:
+    """The NFC form under which a valid name is stored on disk."""
+    return unicodedata.normalize("NFC", name)

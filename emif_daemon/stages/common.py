@@ -1,0 +1,103 @@
+"""What the image stages share: servers per URL, sidecars, settled discovery of PNG trees."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
+
+from ..engine import Discovery, Item
+from ..files import atomic_write_json, publish_new
+from ..layout import is_input_png
+from ..sdapi import Server
+from ..watch import TreeScanner
+
+if TYPE_CHECKING:
+    from ..daemon import Runtime
+
+_servers: dict[str, Server] = {}
+_servers_lock = threading.Lock()
+
+
+def server_for(rt: Runtime, url: str) -> Server:
+    """One Server per URL in this process, so stages share its limiter and outage log."""
+    with _servers_lock:
+        key = f"{id(rt)}:{url}"
+        if key not in _servers:
+            _servers[key] = Server(
+                url,
+                connect_timeout=rt.cfg.server.connect_timeout_s,
+                read_timeout=rt.cfg.server.read_timeout_s,
+                slots=rt.cfg.server.max_concurrent,
+            )
+        return _servers[key]
+
+
+def utc_iso(t: float | None = None) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() if t is None else t))
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def without_images(payload: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in payload.items() if k != "init_images"}
+
+
+def publish_png(output: Path, data: bytes, sidecar: dict[str, Any]) -> bool:
+    """Sidecar first, then the PNG under its final name (the commit point); never overwrites
+    an image: returns False if one appeared meanwhile."""
+    atomic_write_json(output.with_suffix(".json"), {**sidecar, "output_sha256": sha256(data)})
+    try:
+        publish_new(output, data)
+    except FileExistsError:
+        return False
+    return True
+
+
+class PngTreeDiscovery:
+    """Inputs = settled PNGs under one tree whose output is not in another tree yet."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        *,
+        inputs: Path,
+        outputs: Path,
+        output_of: Callable[[PurePosixPath], PurePosixPath],
+        outputs_are_dirs: bool = False,
+    ) -> None:
+        self.rt = rt
+        self.inputs_top = inputs
+        self.outputs_top = outputs
+        self.output_of = output_of
+        self.in_scan = TreeScanner(inputs, want=is_input_png)
+        self.out_scan = TreeScanner(
+            outputs,
+            want=(lambda _n: False) if outputs_are_dirs else is_input_png,
+            report_dirs=outputs_are_dirs,
+        )
+
+    def discover(self) -> Discovery:
+        rels = self.in_scan.scan()
+        wanted = {rel: str(self.output_of(PurePosixPath(rel))) for rel in rels}
+        expected = set(wanted.values())
+        done = self.out_scan.scan(descend=lambda rel: rel not in expected)
+        todo = sorted(rel for rel, out in wanted.items() if out not in done)
+        found = Discovery()
+        if not todo:
+            return found
+        now = self.rt.store.server_now()
+        for rel in todo:
+            source = self.inputs_top / rel
+            if not self.rt.settler.ready(source, now):
+                found.waiting += 1
+                continue
+            output = self.outputs_top / wanted[rel]
+            found.items.append(Item(key=rel, outputs=(output,), source=source))
+        self.rt.settler.forget(self.inputs_top, (str(self.inputs_top / rel) for rel in todo))
+        return found

@@ -1,0 +1,1 @@
+"""Segment: placeholder until the segment stage lands."""

@@ -1,0 +1,108 @@
+"""Upscale: every PNG under GENERATIONS/ → a chain of img2img passes → UPSCALED_IMAGES/."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..engine import Discovery, Item, Work
+from ..errors import PermanentItemError, TransientError
+from ..files import png_problem, png_size
+from ..layout import upscale_output
+from ..sdapi import IMG2IMG, encode_image
+from .common import PngTreeDiscovery, publish_png, server_for, sha256, utc_iso, without_images
+
+if TYPE_CHECKING:
+    from ..daemon import Runtime
+
+
+def pass_payload(template: dict[str, Any], image: bytes) -> dict[str, Any]:
+    """One pass: the current image as plain base64, width/height = its size unless set.
+
+    Draw Things rejects an init image whose size differs from width/height.
+    """
+    size = png_size(image)
+    base: dict[str, Any] = {"width": size[0], "height": size[1]} if size else {}
+    return {**base, **template, "init_images": [encode_image(image)]}
+
+
+class UpscaleStage:
+    name = "upscale"
+    priority = 2  # downstream of generate: served first by a shared server
+
+    def __init__(self, rt: Runtime) -> None:
+        self.rt = rt
+        self.cfg = rt.cfg.upscale
+        self.server = server_for(rt, rt.cfg.upscale_url)
+        self.finder = PngTreeDiscovery(
+            rt,
+            inputs=rt.layout.generations,
+            outputs=rt.layout.upscaled,
+            output_of=upscale_output,
+        )
+
+    def unavailable(self) -> str | None:
+        if not self.cfg.passes:
+            return (
+                "upscale.passes is empty: add [[upscale.passes]] tables to the config "
+                "or set upscale.enabled = false"
+            )
+        return None
+
+    def wait_available(self, stop: threading.Event) -> None:
+        self.server.wait_until_up(stop)
+
+    def close(self) -> None:
+        pass
+
+    def discover(self) -> Discovery:
+        return self.finder.discover()
+
+    def run(self, item: Item, work: Work) -> dict[str, Any]:
+        assert item.source is not None
+        try:
+            source = item.source.read_bytes()
+        except FileNotFoundError as exc:
+            raise PermanentItemError(f"source {item.source} disappeared") from exc
+        problem = png_problem(source)
+        if problem:
+            raise PermanentItemError(
+                f"source {item.source} is not a usable PNG ({problem}); "
+                "replace it, then run `emif retry --stage upscale`"
+            )
+        started = time.time()
+        current, sent, server_seconds = source, [], 0.0
+        for n, template in enumerate(self.cfg.passes, 1):
+            payload = pass_payload(template, current)
+            answer = self.server.post(IMG2IMG, payload, priority=self.priority, expect=1)
+            server_seconds += answer.seconds
+            problem = png_problem(answer.images[0])
+            if problem:
+                raise TransientError(f"pass {n} answer: {problem}")
+            current = answer.images[0]
+            sent.append(without_images(payload))
+            work.check()
+        expect = tuple(self.cfg.expect_size) if self.cfg.expect_size else None
+        problem = png_problem(current, expect)  # type: ignore[arg-type]
+        if problem:
+            raise TransientError(f"final image: {problem}")
+        info = self.server.info
+        sidecar = {
+            "source": str(item.source.relative_to(self.rt.layout.root)),
+            "source_sha256": sha256(source),
+            "passes": sent,
+            "server_url": self.server.url,
+            "server_kind": info.kind if info else None,
+            "host": self.rt.host,
+            "started_at": utc_iso(started),
+            "finished_at": utc_iso(),
+            "seconds": round(time.time() - started, 3),
+            "server_seconds": round(server_seconds, 3),
+        }
+        output = item.outputs[0]
+        work.commit(lambda: publish_png(output, current, sidecar), output=str(output))
+        return {
+            "output": str(output.relative_to(self.rt.layout.root)),
+            "server_seconds": round(server_seconds, 3),
+        }
