@@ -243,8 +243,10 @@ class ClaimStore:
         before = read_claim(path)
         if before is None or self.stale_reason(path, now) is None:
             return None
-        target = self.broken_dir / stage / (
-            f"{item}{CLAIM_SUFFIX}.{self.host}.{os.getpid()}.{secrets.token_hex(4)}"
+        target = (
+            self.broken_dir
+            / stage
+            / (f"{item}{CLAIM_SUFFIX}.{self.host}.{os.getpid()}.{secrets.token_hex(4)}")
         )
         target.parent.mkdir(parents=True, exist_ok=True)
         try:

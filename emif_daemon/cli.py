@@ -50,9 +50,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     else:
         log_file = layout.logs / f"{host}.jsonl"
     configure_logging(host=host, level=cfg.logging.level, file=log_file)
-    return run_daemon(
-        cfg, once=args.once, stage_names=stages, config_path=str(cfg.source or "")
-    )
+    return run_daemon(cfg, once=args.once, stage_names=stages, config_path=str(cfg.source or ""))
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -194,11 +194,15 @@ def _build(cls: type, table: dict[str, Any], prefix: str, base: Path, problems: 
         if key not in known:
             problems.append(f"{prefix}{key}: unknown key (known: {', '.join(sorted(known))})")
     values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        dotted = f"{prefix}{f.name}"
+        if f.name not in table and dotted in PATH_KEYS:  # defaults are relative to the file too
+            values[f.name] = (base / f.default).resolve()  # type: ignore[operator]
     for name in known:
-        if name not in table:
+        if name not in table and not dataclasses.is_dataclass(hints[name]):
             continue
         dotted = f"{prefix}{name}"
-        value = _convert(dotted, hints[name], table[name], base, problems)
+        value = _convert(dotted, hints[name], table.get(name, {}), base, problems)
         if value is not _BAD:
             values[name] = value
     return cls(**values)

@@ -81,15 +81,19 @@ def run_daemon(
     rt = make_runtime(cfg, on_event or (lambda _e, _d: None))
     names = enabled_stages(cfg, stage_names)
     stages = stage_factory(rt) if stage_factory else build_stages(rt, names)
-    removed = clean_orphans(
-        [rt.layout.generations, rt.layout.upscaled, rt.layout.segments, rt.layout.state],
-        host=MACHINE,
-        server_now=rt.store.server_now(),
-        max_age_s=ORPHAN_MAX_AGE_S,
-        alive=psutil.pid_exists,
-    )
-    for path in removed:
-        log.info("orphan_removed", path=str(path))
+
+    def sweep() -> None:
+        removed = clean_orphans(
+            [rt.layout.root],
+            host=MACHINE,
+            server_now=rt.store.server_now(),
+            max_age_s=ORPHAN_MAX_AGE_S,
+            alive=psutil.pid_exists,
+        )
+        for path in removed:
+            log.info("orphan_removed", path=str(path))
+
+    sweep()
     engine = Engine(
         stages=stages,
         store=rt.store,
@@ -101,6 +105,7 @@ def run_daemon(
         metrics=MetricsWriter(rt.layout.metrics / rt.host),
         may_claim=may_claim or (lambda: True),
         on_event=rt.on_event,
+        sweep=sweep,
     )
     hints = Hints(rt.settler)
     if cfg.watch.mode == "auto":

@@ -119,6 +119,8 @@ class Engine:
         on_event: Callable[[str, dict[str, Any]], None] | None = None,
         progress_s: float = 60.0,
         grace_s: float = 5.0,
+        sweep: Callable[[], None] = lambda: None,
+        sweep_s: float = 3600.0,
     ) -> None:
         self.stages = stages
         self.store = store
@@ -133,6 +135,8 @@ class Engine:
         self.on_event = on_event or (lambda _event, _data: None)
         self.progress_s = progress_s
         self.grace_s = grace_s
+        self.sweep = sweep  # removes temp files of dead writers
+        self.sweep_s = sweep_s
         self.wake = {s.name: threading.Event() for s in stages}
         self.stats = {s.name: StageStats() for s in stages}
         self.unavailable: dict[str, str] = {}
@@ -164,7 +168,8 @@ class Engine:
                     break
         finally:
             self._shutdown(threads)
-        failed = sum(st.failed for st in self.stats.values())
+        # Failed items stay failed until `emif retry`, so earlier runs' failures count too.
+        failed = any(self._failed_keys(s) for s in self.stages)
         return EXIT_FAILED if failed or self.unavailable else EXIT_OK
 
     def request_stop(self) -> None:
@@ -200,7 +205,11 @@ class Engine:
                     return
                 with self._cond:
                     seen = self._activity
-                outcome = self._round(stage)
+                try:
+                    outcome = self._round(stage)
+                except Exception as exc:
+                    self.log.error("stage_error", error=repr(exc), traceback=traceback.format_exc())
+                    outcome = "blocked"
                 if outcome == "worked":
                     continue
                 if self.once and outcome == "idle" and self._mark_idle(stage, seen):
@@ -283,6 +292,7 @@ class Engine:
             owner_host=broken.get("host"),
             owner_pid=broken.get("pid"),
         )
+        self._sweep()  # the dead owner may have left half-written temp files
         return self.store.try_claim(stage.name, item.key)
 
     # -- one item ---------------------------------------------------------------------------
@@ -339,7 +349,7 @@ class Engine:
                 return self._fail(stage, item, str(exc), attempt), {}
             except TransientError as exc:
                 reason = str(exc)
-            except Exception as exc:  # noqa: BLE001 - bad input must never stop the daemon
+            except Exception as exc:
                 reason = f"unexpected {type(exc).__name__}: {exc}"
                 self.log.error("item_error", error=reason, traceback=traceback.format_exc())
             else:
@@ -371,10 +381,19 @@ class Engine:
         self.on_event("item_failed", record)
         return "failed"
 
+    def _sweep(self) -> None:
+        try:
+            self.sweep()
+        except OSError as exc:
+            self.log.warning("sweep_failed", error=str(exc))
+
     # -- heartbeats and progress --------------------------------------------------------
     def _keeper(self) -> None:
-        last_progress = time.monotonic()
+        last_progress = last_sweep = time.monotonic()
         while not self.stop.wait(self.heartbeat_s):
+            if time.monotonic() - last_sweep >= self.sweep_s:
+                last_sweep = time.monotonic()
+                self._sweep()
             for claim in self.store.held():
                 if not self.store.heartbeat(claim) and not claim.abandoned:
                     self.log.warning("claim_lost", stage=claim.stage, item=claim.item)

@@ -37,7 +37,7 @@ class ClaimLost(EmifError):
     """Another daemon now holds the item: not an error, the item is simply not ours."""
 
 
-class Shutdown(BaseException):  # noqa: N818 - a signal, not an error
+class Shutdown(BaseException):
     """Raised inside a worker to unwind an item at shutdown.
 
     Inherits from BaseException because it is a shutdown signal: no ``except Exception``

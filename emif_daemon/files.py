@@ -165,7 +165,7 @@ def png_problem(data: bytes, expect: tuple[int, int] | None = None) -> str | Non
     try:
         with Image.open(BytesIO(data)) as img:
             img.verify()
-    except Exception as exc:  # noqa: BLE001 - Pillow raises many types for corrupt data
+    except Exception as exc:
         return f"PNG does not verify: {exc}"
     if expect and size != tuple(expect):
         return f"PNG is {size[0]}×{size[1]}, expected {expect[0]}×{expect[1]}"

@@ -111,7 +111,9 @@ class Inbox:
                 target.with_name(target.stem + ".error.json"),
                 {"file": path.name, "problems": problems},
             )
-            self.log.error("prompts_rejected", file=path.name, moved_to=str(target), errors=problems)
+            self.log.error(
+                "prompts_rejected", file=path.name, moved_to=str(target), errors=problems
+            )
             self.on_event("prompts_rejected", {"file": path.name, "problems": problems})
             return
         target = _move_unique(path, self.layout.accepted)
@@ -173,7 +175,9 @@ class Inbox:
         items, problems = plan_for(data, accepted.name, self.exp)
         if problems:
             return None
-        atomic_write_json(plan, plan_document(accepted.name, hashlib.sha256(data).hexdigest(), items))
+        atomic_write_json(
+            plan, plan_document(accepted.name, hashlib.sha256(data).hexdigest(), items)
+        )
         return items
 
     def finish(self, batch: Batch, counts: dict[str, int]) -> None:

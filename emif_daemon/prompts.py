@@ -108,7 +108,9 @@ def _parse_native(doc: dict[str, Any], out: Parsed) -> None:
         out.problems.append(f"defaults: expected an object, got {_kind(defaults)}")
         defaults = {}
     for key in sorted(set(defaults) - DEFAULT_KEYS):
-        out.problems.append(f"defaults.{key}: unknown key (known: {', '.join(sorted(DEFAULT_KEYS))})")
+        out.problems.append(
+            f"defaults.{key}: unknown key (known: {', '.join(sorted(DEFAULT_KEYS))})"
+        )
     base = _common(defaults, "defaults", out.problems, count_default=1)
     jobs = doc.get("jobs")
     if not isinstance(jobs, list) or not jobs:
@@ -135,7 +137,9 @@ def _parse_legacy(doc: list[Any], out: Parsed) -> None:
             out.problems.append(f"{loc}: expected an object, got {_kind(entry)}")
             continue
         for key in sorted(set(entry) - LEGACY_KEYS):
-            out.problems.append(f"{loc}.{key}: unknown key (known: {', '.join(sorted(LEGACY_KEYS))})")
+            out.problems.append(
+                f"{loc}.{key}: unknown key (known: {', '.join(sorted(LEGACY_KEYS))})"
+            )
         nation = _folder(entry.get("language"), f"{loc}.language", out.problems)
         addition = entry.get("prompt_addition")
         category = None
@@ -178,9 +182,16 @@ def _add_job(
     payload = {**(base.get("payload") or {}), **(own.get("payload") or {})}
     out.jobs.append(
         Job(
-            loc, nation, category, str(prompt), merged["count"] or 1, merged["seed"],
-            merged["negative_prompt"], payload, start,
-        )  # fmt: skip
+            loc,
+            nation,
+            category,
+            str(prompt),
+            merged["count"] or 1,
+            merged["seed"],
+            merged["negative_prompt"],
+            payload,
+            start,
+        )
     )
 
 

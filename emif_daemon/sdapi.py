@@ -236,8 +236,9 @@ class Server:
 
     def _answer(self, response: requests.Response, expect: int, seconds: float) -> Answer:
         if 400 <= response.status_code < 500:
+            detail = error_detail(response)
             raise PermanentItemError(
-                f"server refused the request (HTTP {response.status_code}): {error_detail(response)}"
+                f"server refused the request (HTTP {response.status_code}): {detail}"
             )
         if response.status_code >= 500:
             raise TransientError(

@@ -142,7 +142,9 @@ def host_reports(layout: Layout) -> dict[str, Any]:
         for entry in os.scandir(layout.state / "hosts"):
             if entry.name.endswith(".json") and not is_ignored(entry.name):
                 with contextlib.suppress(OSError, ValueError):
-                    out[entry.name.removesuffix(".json")] = json.loads(Path(entry.path).read_bytes())
+                    out[entry.name.removesuffix(".json")] = json.loads(
+                        Path(entry.path).read_bytes()
+                    )
     return out
 
 

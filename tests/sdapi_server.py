@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import threading
 import time
@@ -23,19 +22,72 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-DRAW_THINGS_KEYS = set(
-    """prompt negative_prompt model width height seed seed_mode steps guidance_scale cfg_scale
-    sampler sampler_name sampler_index batch_count n_iter batch_size strength denoising_strength
-    clip_skip image_guidance mask_blur mask_blur_outset sharpness shift clip_weight hires_fix
-    enable_hr hires_fix_width firstphase_width hires_fix_height firstphase_height
-    hires_fix_strength refiner_model refiner_start upscaler upscaler_scale upscaler_scale_factor
-    loras controls tiled_decoding decoding_tile_width decoding_tile_height decoding_tile_overlap
-    tiled_diffusion diffusion_tile_width diffusion_tile_height diffusion_tile_overlap
-    stochastic_sampling_gamma preserve_original_after_inpaint zero_negative_prompt
-    aesthetic_score negative_aesthetic_score original_width original_height target_width
-    target_height negative_original_width negative_original_height crop_top crop_left
-    negative_prompt_for_image_prior image_prior_steps restore_faces init_images""".split()
-)
+DRAW_THINGS_KEYS = {
+    "prompt",
+    "negative_prompt",
+    "model",
+    "width",
+    "height",
+    "seed",
+    "seed_mode",
+    "steps",
+    "guidance_scale",
+    "cfg_scale",
+    "sampler",
+    "sampler_name",
+    "sampler_index",
+    "batch_count",
+    "n_iter",
+    "batch_size",
+    "strength",
+    "denoising_strength",
+    "clip_skip",
+    "image_guidance",
+    "mask_blur",
+    "mask_blur_outset",
+    "sharpness",
+    "shift",
+    "clip_weight",
+    "hires_fix",
+    "enable_hr",
+    "hires_fix_width",
+    "firstphase_width",
+    "hires_fix_height",
+    "firstphase_height",
+    "hires_fix_strength",
+    "refiner_model",
+    "refiner_start",
+    "upscaler",
+    "upscaler_scale",
+    "upscaler_scale_factor",
+    "loras",
+    "controls",
+    "tiled_decoding",
+    "decoding_tile_width",
+    "decoding_tile_height",
+    "decoding_tile_overlap",
+    "tiled_diffusion",
+    "diffusion_tile_width",
+    "diffusion_tile_height",
+    "diffusion_tile_overlap",
+    "stochastic_sampling_gamma",
+    "preserve_original_after_inpaint",
+    "zero_negative_prompt",
+    "aesthetic_score",
+    "negative_aesthetic_score",
+    "original_width",
+    "original_height",
+    "target_width",
+    "target_height",
+    "negative_original_width",
+    "negative_original_height",
+    "crop_top",
+    "crop_left",
+    "negative_prompt_for_image_prior",
+    "image_prior_steps",
+    "restore_faces",
+    "init_images",
+}
 CONTROL_KEYS = {
     "weight", "guidanceStart", "guidanceEnd", "noPrompt", "globalAveragePooling",
     "downSamplingRate", "controlImportance", "inputOverride", "targetBlocks",
@@ -151,9 +203,7 @@ class Handler(BaseHTTPRequestHandler):
             with self.state.lock:
                 self.state.busy_s += finished - started
                 shown = {k: v for k, v in payload.items() if k != "init_images"}
-                self.state.requests.append(
-                    Recorded(path, shown, status, images, started, finished)
-                )
+                self.state.requests.append(Recorded(path, shown, status, images, started, finished))
             if status == -1:  # drop the connection without an answer
                 self.close_connection = True
                 self.connection.shutdown(2)
@@ -271,7 +321,6 @@ def start(
     thread.daemon = True
     thread.start()
     return server, thread
-
 
 
 if __name__ == "__main__":  # a server for benchmarks and manual runs: python -m tests.sdapi_server

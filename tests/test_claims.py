@@ -1,0 +1,156 @@
+"""The claim protocol of SPEC §5 on a real folder: exclusive, heartbeat, commit, stale."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from emif_daemon.claims import ClaimStore, read_claim
+
+
+def store(root: Path, host: str = "a", lease_s: float = 30.0) -> ClaimStore:
+    return ClaimStore(root / "claims", root / "broken", root / "clock", host=host, lease_s=lease_s)
+
+
+def make_stale(s: ClaimStore, item: str, *, host: str = "ghost", age: float = 3600) -> Path:
+    """A working claim of a dead host, last heartbeat `age` seconds ago (file-server time)."""
+    path = s.path("toy", item)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"host": host, "pid": 1, "token": "dead", "state": "working"}))
+    old = path.stat().st_mtime - age
+    os.utime(path, (old, old))
+    return path
+
+
+def test_claim_is_exclusive_and_done_claims_stay(root: Path) -> None:
+    a, b = store(root, "a"), store(root, "b")
+    claim = a.try_claim("toy", "x/1")
+    assert claim is not None
+    assert b.try_claim("toy", "x/1") is None
+    assert a.commit(claim, lambda: None)
+    content = read_claim(a.path("toy", "x/1"))
+    assert content is not None
+    assert content["state"] == "done"
+    assert content["host"] == "a"
+    # A done claim is never broken, however old.
+    old = time.time() - 10_000
+    os.utime(a.path("toy", "x/1"), (old, old))
+    assert b.break_stale("toy", "x/1") is None
+    assert b.try_claim("toy", "x/1") is None
+
+
+def test_release_lets_another_host_claim_at_once(root: Path) -> None:
+    a, b = store(root, "a"), store(root, "b")
+    claim = a.try_claim("toy", "item")
+    assert claim is not None
+    a.release(claim)
+    assert not a.path("toy", "item").exists()
+    assert b.try_claim("toy", "item") is not None
+
+
+def test_heartbeat_moves_mtime_and_detects_loss(root: Path) -> None:
+    a = store(root, "a")
+    claim = a.try_claim("toy", "item")
+    assert claim is not None
+    old = time.time() - 100
+    os.utime(claim.path, (old, old))
+    assert a.heartbeat(claim)
+    assert claim.path.stat().st_mtime > old + 90
+    claim.path.unlink()  # someone broke it
+    assert not a.heartbeat(claim)
+    assert claim.lost
+    published = []
+    assert not a.commit(claim, lambda: published.append(1))
+    assert published == []  # a lost claim never publishes
+
+
+def test_stale_claim_is_broken_by_exactly_one_of_several_breakers(root: Path) -> None:
+    breakers = [store(root, f"h{i}", lease_s=5) for i in range(8)]
+    for round_ in range(20):
+        make_stale(breakers[0], f"item{round_}")
+        barrier = threading.Barrier(len(breakers))
+        results: list[object] = []
+
+        def race(
+            s: ClaimStore,
+            item: str = f"item{round_}",
+            barrier: threading.Barrier = barrier,
+            results: list[object] = results,
+        ) -> None:
+            barrier.wait()
+            results.append(s.break_stale("toy", item))
+
+        threads = [threading.Thread(target=race, args=(s,)) for s in breakers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sum(r is not None for r in results) == 1
+        assert breakers[0].broken_count("toy", f"item{round_}") == 1
+
+
+def test_claim_of_a_live_owner_is_never_broken(root: Path) -> None:
+    owner = store(root, "owner", lease_s=0.5)
+    breaker = store(root, "breaker", lease_s=0.5)
+    claim = owner.try_claim("toy", "item")
+    assert claim is not None
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(0.05):
+            owner.heartbeat(claim)
+
+    t = threading.Thread(target=beat)
+    t.start()
+    try:
+        deadline = time.monotonic() + 1.5  # three leases
+        while time.monotonic() < deadline:
+            assert breaker.break_stale("toy", "item") is None
+            time.sleep(0.02)
+    finally:
+        stop.set()
+        t.join()
+    assert owner.owns(claim)
+
+
+@pytest.mark.parametrize("skew", [3600.0, -3600.0])
+def test_clock_skew_of_the_breaker_does_not_matter(
+    root: Path, monkeypatch: pytest.MonkeyPatch, skew: float
+) -> None:
+    """Ages are measured against the file server's clock, never the local one."""
+    owner = store(root, "owner", lease_s=60)
+    fresh = owner.try_claim("toy", "fresh")
+    assert fresh is not None
+    stale_path = make_stale(owner, "stale", age=120)
+    real_time = time.time
+    monkeypatch.setattr(time, "time", lambda: real_time() + skew)
+    skewed = store(root, "skewed", lease_s=60)
+    assert skewed.break_stale("toy", "fresh") is None
+    assert skewed.break_stale("toy", "stale") is not None
+    assert not stale_path.exists()
+
+
+def test_unparseable_claim_is_treated_as_fresh(root: Path) -> None:
+    s = store(root, "a", lease_s=1)
+    path = s.path("toy", "item")
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"{half a cla")
+    old = time.time() - 1000
+    os.utime(path, (old, old))
+    assert s.break_stale("toy", "item") is None
+    assert path.exists()
+
+
+def test_claim_of_a_dead_process_on_this_host_is_broken_without_waiting(root: Path) -> None:
+    s = store(root, "a", lease_s=3600)
+    path = s.path("toy", "item")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"host": "a", "pid": 2**22 + 7, "token": "t", "state": "working"}))
+    broken = s.break_stale("toy", "item")
+    assert broken is not None
+    assert broken["pid"] == 2**22 + 7

@@ -1,0 +1,124 @@
+"""The engine with a trivial stage: exactly once under races, retries, failures, --once."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from emif_daemon.config import parse_config
+from emif_daemon.daemon import Runtime, make_runtime
+from emif_daemon.engine import EXIT_FAILED, EXIT_OK, Discovery, Engine, Item, Work
+from emif_daemon.errors import PermanentItemError, TransientError
+from emif_daemon.retry import RetryPolicy, compute_backoff
+from tests.conftest import fast_sections
+from tests.toy_daemon import ToyStage, expected_output
+
+
+def runtime(root: Path, host: str) -> Runtime:
+    sections = fast_sections(root, coordination={"host_id": host})
+    cfg = parse_config(sections, base_dir=root)
+    return make_runtime(cfg, lambda _e, _d: None)
+
+
+def engine_for(rt: Runtime, stages: list[Any], **kw: Any) -> Engine:
+    return Engine(
+        stages=stages,
+        store=rt.store,
+        failed_dir=rt.layout.failed,
+        retry=kw.pop("retry", RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.02)),
+        rescan_s=0.05,
+        heartbeat_s=0.1,
+        once=True,
+        **kw,
+    )
+
+
+def test_two_engines_in_threads_make_each_of_200_items_exactly_once(root: Path) -> None:
+    (root / "inbox").mkdir()
+    for i in range(200):
+        (root / "inbox" / f"{i:03}.txt").write_text("x")
+    engines = []
+    for host in ("a", "b"):
+        rt = runtime(root, host)
+        engines.append(engine_for(rt, [ToyStage(rt, work_s=0.0)]))
+    codes: list[int] = []
+    threads = [threading.Thread(target=lambda e=e: codes.append(e.run())) for e in engines]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert codes == [EXIT_OK, EXIT_OK]
+    runs = Counter(line.split()[0] for line in (root / "runs.log").read_text().splitlines())
+    assert len(runs) == 200
+    assert set(runs.values()) == {1}
+    hosts = Counter(line.split()[1] for line in (root / "runs.log").read_text().splitlines())
+    assert hosts["a"] > 0
+    assert hosts["b"] > 0
+    for i in range(200):
+        out = root / "outbox" / f"{i:03}.out"
+        assert out.read_bytes() == expected_output(f"{i:03}")
+
+
+class FlakyStage:
+    """Items named 'transient*' fail `fails` times then succeed; 'permanent*' always fail."""
+
+    name = "flaky"
+    priority = 1
+
+    def __init__(self, root: Path, fails: int) -> None:
+        self.root = root
+        self.fails = fails
+        self.calls: Counter[str] = Counter()
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def wait_available(self, stop: threading.Event) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def discover(self) -> Discovery:
+        items = []
+        for key in ("transient", "permanent", "crash"):
+            out = self.root / f"{key}.out"
+            if not out.exists():
+                items.append(Item(key, (out,)))
+        return Discovery(items)
+
+    def run(self, item: Item, work: Work) -> dict[str, Any]:
+        self.calls[item.key] += 1
+        if item.key == "permanent":
+            raise PermanentItemError('HTTP 422: Unrecognized keys: ["foo"]')
+        if item.key == "crash":
+            raise ZeroDivisionError("bug in a stage")
+        if self.calls[item.key] <= self.fails:
+            raise TransientError("HTTP 500: busy")
+        work.commit(lambda: item.outputs[0].write_text("ok"))
+        return {}
+
+
+def test_retries_then_fails_and_records_reasons(root: Path) -> None:
+    rt = runtime(root, "a")
+    stage = FlakyStage(root, fails=2)
+    engine = engine_for(rt, [stage])
+    assert engine.run() == EXIT_FAILED
+    assert (root / "transient.out").read_text() == "ok"
+    assert stage.calls == {"transient": 3, "permanent": 1, "crash": 3}
+    record = (rt.layout.failed / "flaky" / "permanent.json").read_text()
+    assert "Unrecognized keys" in record
+    assert "ZeroDivisionError" in (rt.layout.failed / "flaky" / "crash.json").read_text()
+    # A failed item is skipped from then on: a second run calls nothing.
+    again = FlakyStage(root, fails=0)
+    assert engine_for(runtime(root, "a"), [again]).run() == EXIT_FAILED
+    assert again.calls == {}
+
+
+def test_backoff_doubles_and_caps() -> None:
+    delays = [compute_backoff(n, base=2, cap=20, jitter=False) for n in range(1, 7)]
+    assert delays == [2, 4, 8, 16, 20, 20]
+    for n in range(1, 50):
+        assert 0.75 * 2 <= compute_backoff(n, base=2, cap=20) <= 1.25 * 20

@@ -1,0 +1,104 @@
+"""A daemon with a trivial stage, for the claim, crash and shutdown tests (real processes).
+
+`inbox/<name>.txt` → `outbox/<name>.out` (a few hundred KB written slowly in chunks, so a
+SIGKILL lands mid-write); every execution appends a line to `runs.log`.
+
+    python -m tests.toy_daemon CONFIG [--once] [--work-s S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from emif_daemon.config import load_config
+from emif_daemon.daemon import Runtime, host_id, run_daemon
+from emif_daemon.engine import Discovery, Item, Work
+from emif_daemon.files import rename_noreplace, temp_name
+from emif_daemon.logs import configure_logging
+from emif_daemon.watch import TreeScanner
+
+CHUNKS = 8
+CHUNK = b"0123456789abcdef" * 4096  # 64 KiB
+
+
+def expected_output(key: str) -> bytes:
+    return key.encode() + b"\n" + CHUNK * CHUNKS
+
+
+class ToyStage:
+    name = "toy"
+    priority = 1
+
+    def __init__(self, rt: Runtime, work_s: float) -> None:
+        self.rt = rt
+        self.work_s = work_s
+        self.inbox = rt.layout.root / "inbox"
+        self.outbox = rt.layout.root / "outbox"
+        self.scan_in = TreeScanner(self.inbox, want=lambda n: n.endswith(".txt"))
+        self.scan_out = TreeScanner(self.outbox, want=lambda n: n.endswith(".out"))
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def wait_available(self, stop: threading.Event) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def discover(self) -> Discovery:
+        done = self.scan_out.scan()
+        items = []
+        for rel in sorted(self.scan_in.scan()):
+            key = rel.removesuffix(".txt")
+            if key + ".out" not in done:
+                items.append(Item(key, (self.outbox / (key + ".out"),), self.inbox / rel))
+        return Discovery(items)
+
+    def run(self, item: Item, work: Work) -> dict[str, Any]:
+        output = item.outputs[0]
+        output.parent.mkdir(parents=True, exist_ok=True)
+        tmp = temp_name(output)
+        fd = os.open(self.rt.layout.root / "runs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{item.key} {self.rt.host} {os.getpid()}\n".encode())
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(item.key.encode() + b"\n")
+                for _ in range(CHUNKS):
+                    fh.write(CHUNK)
+                    fh.flush()
+                    time.sleep(self.work_s / CHUNKS)
+                    work.check()
+                os.fsync(fh.fileno())
+            work.commit(lambda: rename_noreplace(tmp, output))
+        finally:
+            tmp.unlink(missing_ok=True)
+        return {"output": str(output.relative_to(self.rt.layout.root))}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config")
+    parser.add_argument("--once", action="store_true")
+    parser.add_argument("--work-s", type=float, default=0.05)
+    args = parser.parse_args()
+    cfg = load_config(Path(args.config))
+    host = host_id(cfg)
+    configure_logging(host=host, file=cfg.paths.root / "logs" / f"{host}.jsonl", stderr=False)
+    return run_daemon(
+        cfg,
+        once=args.once,
+        stage_factory=lambda rt: [ToyStage(rt, args.work_s)],
+        config_path=args.config,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
