@@ -37,6 +37,7 @@ class ServerConfig:
     read_timeout_s: float = 900.0
     max_attempts: int = 3
     max_concurrent: int = 1
+    backoff_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "server.read_timeout_s": (1, None),
     "server.max_attempts": (1, 100),
     "server.max_concurrent": (1, 64),
+    "server.backoff_s": (0.01, 600),
     "segment.points_per_side": (1, 256),
     "segment.points_per_batch": (1, 1024),
     "segment.pred_iou_thresh": (0, 1),

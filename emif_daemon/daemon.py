@@ -98,7 +98,11 @@ def run_daemon(
         stages=stages,
         store=rt.store,
         failed_dir=rt.layout.failed,
-        retry=RetryPolicy(max_attempts=cfg.server.max_attempts),
+        retry=RetryPolicy(
+            max_attempts=cfg.server.max_attempts,
+            base_s=cfg.server.backoff_s,
+            cap_s=max(60.0, cfg.server.backoff_s),
+        ),
         rescan_s=cfg.watch.rescan_interval_s,
         heartbeat_s=cfg.coordination.heartbeat_s,
         once=once,

@@ -198,7 +198,7 @@ class Server:
                 hint="is the Draw Things HTTP API server on (or A1111 started with --api)?",
             )
 
-    def wait_until_up(self, stop: threading.Event, cap_s: float = 30.0) -> None:
+    def wait_until_up(self, stop: threading.Event, cap_s: float = 10.0) -> None:
         """Probe with capped exponential backoff until the server answers or we stop."""
         for attempt in itertools.count(1):
             if stop.is_set():
