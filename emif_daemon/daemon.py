@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -14,7 +16,7 @@ from . import __version__
 from .claims import ClaimStore
 from .config import Config
 from .engine import Engine, Stage
-from .files import MACHINE, clean_orphans
+from .files import MACHINE, atomic_write_json, clean_orphans
 from .layout import STAGES, Layout
 from .logs import get_logger
 from .metrics import MetricsWriter
@@ -110,6 +112,7 @@ def run_daemon(
         may_claim=may_claim or (lambda: True),
         on_event=rt.on_event,
         sweep=sweep,
+        report=lambda state: write_host_report(rt, state),
     )
     hints = Hints(rt.settler)
     if cfg.watch.mode == "auto":
@@ -139,6 +142,18 @@ def run_daemon(
         _restore_signals(previous)
     log.info("daemon_stopped", exit_code=code)
     return code
+
+
+def write_host_report(rt: Runtime, state: dict[str, Any]) -> None:
+    """`.emif/hosts/<host>.json`: what `emif status` shows about this daemon."""
+    atomic_write_json(
+        rt.layout.state / "hosts" / f"{rt.host}.json",
+        {
+            **state,
+            "pid": os.getpid(),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
 
 
 def _install_signals(engine: Engine) -> dict[int, Any]:

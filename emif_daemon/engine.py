@@ -121,6 +121,7 @@ class Engine:
         grace_s: float = 5.0,
         sweep: Callable[[], None] = lambda: None,
         sweep_s: float = 3600.0,
+        report: Callable[[dict[str, Any]], None] = lambda _state: None,
     ) -> None:
         self.stages = stages
         self.store = store
@@ -137,6 +138,7 @@ class Engine:
         self.grace_s = grace_s
         self.sweep = sweep  # removes temp files of dead writers
         self.sweep_s = sweep_s
+        self.report = report  # publishes this host's state for `emif status`
         self.wake = {s.name: threading.Event() for s in stages}
         self.stats = {s.name: StageStats() for s in stages}
         self.unavailable: dict[str, str] = {}
@@ -158,6 +160,7 @@ class Engine:
             threading.Thread(target=self._worker, args=(s,), name=f"stage-{s.name}", daemon=True)
             for s in self.stages
         ]
+        self._report()
         keeper = threading.Thread(target=self._keeper, name="heartbeat", daemon=True)
         keeper.start()
         for t in threads:
@@ -193,6 +196,7 @@ class Engine:
             self.log.info("claim_released", stage=claim.stage, item=claim.item)
         for stage in self.stages:
             stage.close()
+        self._report(stopped=True)
         self.store.close()
 
     # -- one worker per stage -------------------------------------------------------------
@@ -223,6 +227,7 @@ class Engine:
             self.unavailable[stage.name] = reason
             self.log.error("stage_unavailable", reason=reason)
             self.on_event("stage_unavailable", {"stage": stage.name, "reason": reason})
+            self._report()
         with self._cond:
             self._idle_at[stage.name] = -1  # never blocks draining
             self._check_drained()
@@ -345,7 +350,12 @@ class Engine:
                 self.store.release(claim)
                 stage.wait_available(self.stop)
                 return "released", {}
-            except (PermanentItemError, StageUnavailable) as exc:
+            except StageUnavailable as exc:
+                # The stage as a whole cannot work (its model failed to load): give the item
+                # back; the worker sees stage.unavailable() and stops.
+                self.log.error("item_deferred", reason=str(exc))
+                return "released", {}
+            except PermanentItemError as exc:
                 return self._fail(stage, item, str(exc), attempt), {}
             except TransientError as exc:
                 reason = str(exc)
@@ -381,6 +391,21 @@ class Engine:
         self.on_event("item_failed", record)
         return "failed"
 
+    def _report(self, stopped: bool = False) -> None:
+        state = {
+            "host": self.store.host,
+            "stopped": stopped,
+            "unavailable": dict(self.unavailable),
+            "stages": {
+                name: {"done": st.done, "failed": st.failed, "pending": st.pending, "busy": st.busy}
+                for name, st in self.stats.items()
+            },
+        }
+        try:
+            self.report(state)
+        except OSError as exc:
+            self.log.warning("report_failed", error=str(exc))
+
     def _sweep(self) -> None:
         try:
             self.sweep()
@@ -397,6 +422,7 @@ class Engine:
             for claim in self.store.held():
                 if not self.store.heartbeat(claim) and not claim.abandoned:
                     self.log.warning("claim_lost", stage=claim.stage, item=claim.item)
+            self._report()
             if time.monotonic() - last_progress >= self.progress_s:
                 last_progress = time.monotonic()
                 self._progress()
