@@ -49,8 +49,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_file = (Path(str(cfg.source)).parent / cfg.logging.file).resolve()
     else:
         log_file = layout.logs / f"{host}.jsonl"
-    configure_logging(host=host, level=cfg.logging.level, file=log_file)
-    return run_daemon(cfg, once=args.once, stage_names=stages, config_path=str(cfg.source or ""))
+    bars = sys.stderr.isatty() and not args.no_progress
+    configure_logging(host=host, level=cfg.logging.level, file=log_file, bars=bars)
+    if args.paused:
+        from .control import pause  # noqa: PLC0415
+
+        layout.control.mkdir(parents=True, exist_ok=True)
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        pause(layout, host=host, reason="started with --paused", at=at, only_host=True)
+    return run_daemon(
+        cfg, once=args.once, stage_names=stages, config_path=str(cfg.source or ""), bars=bars
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -134,9 +143,88 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_not_yet(args: argparse.Namespace) -> int:
-    print(f"emif {args.command}: not available yet in {__version__}", file=sys.stderr)
-    return EXIT_USAGE
+def cmd_report(args: argparse.Namespace) -> int:
+    from .metrics import read_rows  # noqa: PLC0415
+    from .report import build_report, render_report  # noqa: PLC0415
+
+    cfg = _config(args)
+    watts = {k: float(v) for k, v in cfg.report.watts.items()}
+    report = build_report(read_rows(Layout(cfg.paths.root).metrics), watts)
+    print(json.dumps(report, indent=2) if args.json else render_report(report))
+    return EXIT_OK
+
+
+def cmd_launchd(args: argparse.Namespace) -> int:
+    from . import launchd  # noqa: PLC0415
+
+    cfg = _config(args)
+    if args.action == "print":
+        print(launchd.render(config=Path(str(cfg.source)), root=cfg.paths.root), end="")
+        return EXIT_OK
+    home = Path.home()
+    try:
+        if args.action == "install":
+            text = launchd.render(config=Path(str(cfg.source)), root=cfg.paths.root)
+            path = launchd.install(text, home=home)
+            print(f"installed and loaded {path}")
+        else:
+            removed = launchd.uninstall(home=home)
+            print(f"unloaded and removed {removed}" if removed else "was not installed")
+    except launchd.NotMacOS:
+        print(
+            f"emif launchd {args.action}: launchd exists only on macOS; "
+            "`emif launchd print` still shows the plist",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"emif launchd {args.action}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    import threading  # noqa: PLC0415
+
+    from .logview import LogFilter, follow, read_all, renderer  # noqa: PLC0415
+
+    cfg = _config(args)
+    folder = Layout(cfg.paths.root).logs
+    keep = LogFilter(stage=args.stage, level=args.level, item=args.item, host=args.host)
+    show = renderer(colors=sys.stdout.isatty())
+    events = [e for e in read_all(sorted(folder.glob("*.jsonl"))) if keep(e)]
+    for event in events[-args.lines :] if args.lines else events:
+        print(show(event), flush=True)
+    if args.follow:
+        stop = threading.Event()
+        try:
+            for event in follow(folder, stop):
+                if keep(event):
+                    print(show(event), flush=True)
+        except KeyboardInterrupt:
+            stop.set()
+    return EXIT_OK
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    from .control import pause  # noqa: PLC0415
+    from .daemon import host_id  # noqa: PLC0415
+
+    cfg = _config(args)
+    layout = Layout(cfg.paths.root)
+    at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    pause(layout, host=host_id(cfg), reason=args.reason or "", at=at)
+    print(f"paused every host on {layout.root}; they finish the item in hand first")
+    return EXIT_OK
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from .control import resume  # noqa: PLC0415
+
+    cfg = _config(args)
+    was = resume(Layout(cfg.paths.root))
+    print("resumed" if was else "was not paused")
+    return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -155,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("run", cmd_run, "run the daemon in the foreground")
     p.add_argument("--once", action="store_true", help="do all work discoverable now, then exit")
     p.add_argument("--stages", help="comma-separated subset of generate,upscale,segment")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars on a terminal")
+    p.add_argument("--paused", action="store_true", help="start paused (look first after a crash)")
     p = command("status", cmd_status, "pending, working, done and failed items per stage")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command("validate", cmd_validate, "check a prompts file; exit 1 if it has problems")
@@ -164,9 +254,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="enqueue even if invalid")
     p = command("retry", cmd_retry, "make failed items pending again")
     p.add_argument("--stage", choices=STAGES)
-    command("report", cmd_not_yet, "totals from the metrics files")
-    p = command("launchd", cmd_not_yet, "install, uninstall or print the LaunchAgent")
+    p = command("report", cmd_report, "totals from the metrics files")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = command("launchd", cmd_launchd, "install, uninstall or print the LaunchAgent")
     p.add_argument("action", choices=("install", "uninstall", "print"))
+    p = command("logs", cmd_logs, "the JSON log as readable lines")
+    p.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
+    p.add_argument("-n", "--lines", type=int, default=100, help="last N lines (0: all)")
+    p.add_argument("--stage", choices=STAGES)
+    p.add_argument("--level", choices=("debug", "info", "warning", "error"))
+    p.add_argument("--item", help="only items whose name contains this")
+    p.add_argument("--host", help="only this host")
+    p = command("pause", cmd_pause, "every host finishes its item in hand, then claims nothing")
+    p.add_argument("--reason", help="shown by emif status")
+    command("resume", cmd_resume, "undo emif pause")
     return parser
 
 

@@ -90,6 +90,7 @@ class CoordinationConfig:
 class LoggingConfig:
     level: str = "info"
     file: str = ""
+    progress_s: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "coordination.heartbeat_s": (0.05, None),
     "coordination.lease_s": (0.1, None),
     "notify.max_retries": (0, 100),
+    "logging.progress_s": (0.1, None),
 }
 
 PATH_KEYS = {"paths.root", "segment.checkpoint"}

@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from .claims import forget_broken
 from .files import atomic_write_json, rename_noreplace
 from .layout import STAGES, Layout
+from .logs import get_logger
 
 
 def retry_failed(layout: Layout, stage: str | None = None) -> dict[str, int]:
@@ -42,25 +44,31 @@ def retry_failed(layout: Layout, stage: str | None = None) -> dict[str, int]:
     return counts
 
 
-def pause_path(layout: Layout) -> Path:
-    return layout.control / "pause.json"
+def pause_path(layout: Layout, host: str | None = None) -> Path:
+    """The farm-wide marker, or one host's (``emif run --paused``)."""
+    name = f"pause-{host}.json" if host else "pause.json"
+    return layout.control / name
 
 
-def pause(layout: Layout, *, host: str, reason: str, at: str) -> None:
-    atomic_write_json(pause_path(layout), {"host": host, "reason": reason, "at": at})
+def pause(layout: Layout, *, host: str, reason: str, at: str, only_host: bool = False) -> None:
+    target = pause_path(layout, host if only_host else None)
+    atomic_write_json(target, {"host": host, "reason": reason, "at": at})
 
 
 def resume(layout: Layout) -> bool:
-    try:
-        pause_path(layout).unlink()
-    except FileNotFoundError:
-        return False
-    return True
+    """Remove the farm-wide marker and every host's; True if anything was paused."""
+    removed = False
+    for path in [pause_path(layout), *layout.control.glob("pause-*.json")]:
+        try:
+            path.unlink()
+            removed = True
+        except FileNotFoundError:
+            pass
+    return removed
 
 
-def paused(layout: Layout) -> dict[str, Any] | None:
+def read_pause(path: Path) -> dict[str, Any] | None:
     """The pause marker, or None; an unreadable marker still means paused."""
-    path = pause_path(layout)
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -70,3 +78,37 @@ def paused(layout: Layout) -> dict[str, Any] | None:
     except ValueError:
         return {"host": "?", "reason": "unreadable pause marker", "at": ""}
     return doc if isinstance(doc, dict) else {"host": "?", "reason": "", "at": ""}
+
+
+def paused(layout: Layout, host: str | None = None) -> dict[str, Any] | None:
+    """Why this host must not claim: the farm-wide marker, else its own."""
+    farm = read_pause(pause_path(layout))
+    if farm is not None or host is None:
+        return farm
+    return read_pause(pause_path(layout, host))
+
+
+class PauseGate:
+    """The engine's `may_claim`: False while paused; logs `paused` / `resumed` once each."""
+
+    def __init__(self, layout: Layout, host: str) -> None:
+        self.layout = layout
+        self.host = host
+        self._was: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        try:
+            now = paused(self.layout, self.host)
+        except OSError:
+            return False  # cannot tell: do not claim
+        with self._lock:
+            if (now is None) != (self._was is None):
+                if now is not None:
+                    get_logger().info(
+                        "paused", by=now.get("host"), reason=now.get("reason"), at=now.get("at")
+                    )
+                else:
+                    get_logger().info("resumed")
+            self._was = now
+        return now is None

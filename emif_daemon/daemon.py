@@ -15,11 +15,15 @@ import psutil
 from . import __version__
 from .claims import ClaimStore
 from .config import Config
+from .control import PauseGate
 from .engine import Engine, Stage
 from .files import MACHINE, atomic_write_json, clean_orphans
 from .layout import STAGES, Layout
 from .logs import get_logger
 from .metrics import MetricsWriter
+from .notify import Notifier
+from .power import SleepGuard
+from .progress import TerminalProgress
 from .retry import RetryPolicy
 from .watch import Hints, Settler
 
@@ -77,10 +81,26 @@ def run_daemon(
     may_claim: Callable[[], bool] | None = None,
     on_event: Callable[[str, dict[str, Any]], None] | None = None,
     config_path: str = "",
+    bars: bool = False,
 ) -> int:
     """Run until SIGTERM/SIGINT (or, with `once`, until drained); returns the exit code."""
     log = get_logger()
-    rt = make_runtime(cfg, on_event or (lambda _e, _d: None))
+    notifier = None
+    if cfg.notify.webhook_url or cfg.notify.macos_banner:
+        notifier = Notifier(
+            webhook_url=cfg.notify.webhook_url,
+            host=host_id(cfg),
+            root=str(cfg.paths.root),
+            banner=cfg.notify.macos_banner,
+            max_retries=cfg.notify.max_retries,
+        )
+    listeners = [f for f in (on_event, notifier) if f is not None]
+
+    def publish(event: str, data: dict[str, Any]) -> None:
+        for listener in listeners:
+            listener(event, data)
+
+    rt = make_runtime(cfg, publish)
     names = enabled_stages(cfg, stage_names)
     stages = stage_factory(rt) if stage_factory else build_stages(rt, names)
 
@@ -109,10 +129,12 @@ def run_daemon(
         heartbeat_s=cfg.coordination.heartbeat_s,
         once=once,
         metrics=MetricsWriter(rt.layout.metrics / rt.host),
-        may_claim=may_claim or (lambda: True),
+        may_claim=may_claim or PauseGate(rt.layout, rt.host),
         on_event=rt.on_event,
         sweep=sweep,
         report=lambda state: write_host_report(rt, state),
+        progress_s=cfg.logging.progress_s,
+        on_busy=SleepGuard(cfg.macos.prevent_sleep).busy,
     )
     hints = Hints(rt.settler)
     if cfg.watch.mode == "auto":
@@ -135,9 +157,16 @@ def run_daemon(
         once=once,
         pid=psutil.Process().pid,
     )
+    progress = TerminalProgress(lambda: engine.stats) if bars else None
+    if progress is not None:
+        progress.start()
     try:
         code = engine.run()
     finally:
+        if progress is not None:
+            progress.stop()
+        if notifier is not None:
+            notifier.close()
         hints.stop()
         _restore_signals(previous)
     log.info("daemon_stopped", exit_code=code)

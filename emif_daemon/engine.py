@@ -122,6 +122,7 @@ class Engine:
         sweep: Callable[[], None] = lambda: None,
         sweep_s: float = 3600.0,
         report: Callable[[dict[str, Any]], None] = lambda _state: None,
+        on_busy: Callable[[bool], None] = lambda _busy: None,
     ) -> None:
         self.stages = stages
         self.store = store
@@ -139,6 +140,7 @@ class Engine:
         self.sweep = sweep  # removes temp files of dead writers
         self.sweep_s = sweep_s
         self.report = report  # publishes this host's state for `emif status`
+        self.on_busy = on_busy  # keeps a Mac awake while items are in flight
         self.wake = {s.name: threading.Event() for s in stages}
         self.stats = {s.name: StageStats() for s in stages}
         self.unavailable: dict[str, str] = {}
@@ -196,6 +198,7 @@ class Engine:
             self.log.info("claim_released", stage=claim.stage, item=claim.item)
         for stage in self.stages:
             stage.close()
+        self.on_busy(False)
         self._report(stopped=True)
         self.store.close()
 
@@ -423,6 +426,7 @@ class Engine:
                 if not self.store.heartbeat(claim) and not claim.abandoned:
                     self.log.warning("claim_lost", stage=claim.stage, item=claim.item)
             self._report()
+            self.on_busy(any(st.busy for st in self.stats.values()))
             if time.monotonic() - last_progress >= self.progress_s:
                 last_progress = time.monotonic()
                 self._progress()

@@ -24,7 +24,12 @@ def _add_host(host: str) -> structlog.types.Processor:
 
 
 def configure_logging(
-    *, host: str, level: str = "info", file: Path | None = None, stderr: bool = True
+    *,
+    host: str,
+    level: str = "info",
+    file: Path | None = None,
+    stderr: bool = True,
+    bars: bool = False,
 ) -> None:
     """JSON lines to `file`; to stderr as JSON, or as coloured lines when it is a terminal."""
     shared: list[structlog.types.Processor] = [
@@ -60,7 +65,11 @@ def configure_logging(
         handler.setFormatter(json_formatter)
         root.addHandler(handler)
     if stderr:
-        console = logging.StreamHandler(sys.stderr)
+        console: logging.Handler = logging.StreamHandler(sys.stderr)
+        if bars:
+            from .progress import TqdmHandler  # noqa: PLC0415
+
+            console = TqdmHandler(sys.stderr)
         if sys.stderr.isatty():
             console.setFormatter(
                 structlog.stdlib.ProcessorFormatter(

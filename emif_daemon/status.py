@@ -10,13 +10,16 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .claims import CLAIM_SUFFIX, ClaimState, read_claim
+from .control import paused
 from .inbox import read_plans
 from .layout import STAGES, Layout, is_ignored, is_input_png, segment_output, upscale_output
+from .metrics import read_rows
 from .watch import TreeScanner
 
 
@@ -148,10 +151,28 @@ def host_reports(layout: Layout) -> dict[str, Any]:
     return out
 
 
+def throughput(rows: list[dict[str, str]], now: float, window_s: float = 3600) -> dict[str, int]:
+    """Items finished per stage within the last `window_s` (all hosts), from metrics rows."""
+    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - window_s))
+    counts: dict[str, int] = {}
+    for row in rows:
+        if row.get("status") == "done" and row.get("finished_at", "") >= since:
+            counts[row["stage"]] = counts.get(row["stage"], 0) + 1
+    return counts
+
+
+def eta_seconds(remaining: int, per_hour: int) -> int | None:
+    if remaining == 0:
+        return 0
+    return round(remaining / per_hour * 3600) if per_hour else None
+
+
 def collect(layout: Layout, *, server_now: float, lease_s: float) -> dict[str, Any]:
     stages: dict[str, Any] = {}
+    rate = throughput(read_rows(layout.metrics), time.time())
     for stage in STAGES:
         c = stage_counts(layout, stage, server_now, lease_s)
+        per_hour = rate.get(stage, 0)
         stages[stage] = {
             "pending": c.pending,
             "working": c.working,
@@ -159,16 +180,37 @@ def collect(layout: Layout, *, server_now: float, lease_s: float) -> dict[str, A
             "failed": c.failed,
             "working_by_host": c.working_by_host,
             "claims": c.claims,
+            "done_last_hour": per_hour,
+            "eta_s": eta_seconds(c.pending + c.working, per_hour),
         }
-    return {"stages": stages, "queue": queue_counts(layout), "hosts": host_reports(layout)}
+    return {
+        "stages": stages,
+        "queue": queue_counts(layout),
+        "hosts": host_reports(layout),
+        "paused": paused(layout),
+        "paused_hosts": sorted(
+            p.stem.removeprefix("pause-") for p in layout.control.glob("pause-*.json")
+        ),
+    }
+
+
+def _eta(seconds: int | None) -> str:
+    if seconds is None:
+        return "-"
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}h{rest // 60:02}m" if hours else f"{rest // 60}m{rest % 60:02}s"
 
 
 def render_table(status: dict[str, Any]) -> str:
-    lines = [f"{'stage':<10}{'pending':>9}{'working':>9}{'done':>9}{'failed':>9}  by host"]
+    head = (
+        f"{'stage':<10}{'pending':>9}{'working':>9}{'done':>9}{'failed':>9}{'/hour':>8}{'ETA':>9}"
+    )
+    lines = [head + "  working by host"]
     for name, s in status["stages"].items():
         hosts = ", ".join(f"{h}: {n}" for h, n in sorted(s["working_by_host"].items())) or "-"
         lines.append(
-            f"{name:<10}{s['pending']:>9}{s['working']:>9}{s['done']:>9}{s['failed']:>9}  {hosts}"
+            f"{name:<10}{s['pending']:>9}{s['working']:>9}{s['done']:>9}{s['failed']:>9}"
+            f"{s['done_last_hour']:>8}{_eta(s['eta_s']):>9}  {hosts}"
         )
         for claim in s["claims"][:10]:
             flag = "  STALE" if claim["stale"] else ""
@@ -179,6 +221,14 @@ def render_table(status: dict[str, Any]) -> str:
         f"{q['rejected']} rejected"
     )
     for host, report in sorted(status.get("hosts", {}).items()):
+        when = " (in its last run)" if report.get("stopped") else ""
         for stage, why in (report.get("unavailable") or {}).items():
-            lines.append(f"{stage} unavailable on {host}: {why}")
+            lines.append(f"{stage} unavailable on {host}{when}: {why}")
+    marker = status.get("paused")
+    if marker:
+        lines.append(
+            f"PAUSED by {marker.get('host')} at {marker.get('at')}: {marker.get('reason') or '-'}"
+        )
+    for host in status.get("paused_hosts", []):
+        lines.append(f"{host} is paused on its own (started with --paused); `emif resume`")
     return "\n".join(lines)

@@ -48,10 +48,22 @@ def runs(root: Path) -> Counter[str]:
 
 
 def test_two_processes_race_for_200_items(root: Path) -> None:
-    make_inbox(root, 200)
-    procs = [spawn(toy_cmd(config(root, h), "--once", "--work-s", "0.01")) for h in ("a", "b")]
-    for p in procs:
-        assert p.wait(120) == 0
+    procs = [spawn(toy_cmd(config(root, h), "--work-s", "0.01")) for h in ("a", "b")]
+    try:
+        # Both must be up before the work appears, so that they really compete for it.
+        wait_for(
+            lambda: (
+                {e["host"] for e in log_lines(root) if e["event"] == "daemon_started"} == {"a", "b"}
+            ),
+            timeout=60,
+        )
+        make_inbox(root, 200)
+        wait_for(lambda: len(list((root / "outbox").glob("*.out"))) == 200, timeout=120)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            assert p.wait(15) == 0
     assert_all_done_once(root, 200)
     assert set(runs(root).values()) == {1}, "an item was worked on twice"
     hosts = Counter(line.split()[1] for line in (root / "runs.log").read_text().splitlines())

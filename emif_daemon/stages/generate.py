@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -100,7 +101,7 @@ class GenerateStage:
                         "items": len(batch.items),
                         "done": len(batch.items) - len(todo),
                         "failed": len(todo),
-                        "failures": sorted(i.key for i in todo),
+                        "failures": [self._failure(i.key) for i in todo],
                     },
                 )
                 continue
@@ -108,6 +109,14 @@ class GenerateStage:
                 outputs = tuple(gens / n for n in planned.output_names())
                 found.items.append(Item(planned.key, outputs, data=planned, batch=batch.name))
         return found
+
+    def _failure(self, key: str) -> dict[str, Any]:
+        path = self.rt.layout.failed / self.name / (key + ".json")
+        try:
+            reason = json.loads(path.read_bytes()).get("reason")
+        except (OSError, ValueError, AttributeError):
+            reason = None
+        return {"item": key, "reason": reason}
 
     def run(self, item: Item, work: Work) -> dict[str, Any]:
         planned: PlannedItem = item.data
