@@ -63,7 +63,7 @@ class SegmentConfig:
     checkpoint: Path = Path("models/sam_vit_h_4b8939.pth")
     device: str = "auto"
     points_per_side: int = 32
-    points_per_batch: int = 64
+    points_per_batch: int = 0  # 0: chosen for the device (small batches are faster on a CPU)
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
     min_area_fraction: float = 0.001
@@ -146,7 +146,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "server.max_concurrent": (1, 64),
     "server.backoff_s": (0.01, 600),
     "segment.points_per_side": (1, 256),
-    "segment.points_per_batch": (1, 1024),
+    "segment.points_per_batch": (0, 1024),
     "segment.pred_iou_thresh": (0, 1),
     "segment.stability_score_thresh": (0, 1),
     "segment.min_area_fraction": (0, 1),

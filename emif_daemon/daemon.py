@@ -126,6 +126,7 @@ def run_daemon(
             cap_s=max(60.0, cfg.server.backoff_s),
         ),
         rescan_s=cfg.watch.rescan_interval_s,
+        settle_s=cfg.watch.settle_s,
         heartbeat_s=cfg.coordination.heartbeat_s,
         once=once,
         metrics=MetricsWriter(rt.layout.metrics / rt.host),

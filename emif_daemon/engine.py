@@ -121,6 +121,7 @@ class Engine:
         grace_s: float = 5.0,
         sweep: Callable[[], None] = lambda: None,
         sweep_s: float = 3600.0,
+        settle_s: float = 2.0,
         report: Callable[[dict[str, Any]], None] = lambda _state: None,
         on_busy: Callable[[bool], None] = lambda _busy: None,
     ) -> None:
@@ -139,6 +140,7 @@ class Engine:
         self.grace_s = grace_s
         self.sweep = sweep  # removes temp files of dead writers
         self.sweep_s = sweep_s
+        self.settle_s = settle_s
         self.report = report  # publishes this host's state for `emif status`
         self.on_busy = on_busy  # keeps a Mac awake while items are in flight
         self.wake = {s.name: threading.Event() for s in stages}
@@ -155,6 +157,7 @@ class Engine:
         self._drained = threading.Event()
         self._share_down = False
         self.stop_reason = ""
+        self._scanned: set[str] = set()
 
     # -- the whole run ----------------------------------------------------------------
     def run(self) -> int:
@@ -173,6 +176,8 @@ class Engine:
                     break
         finally:
             self._shutdown(threads)
+        if not self.once:
+            return EXIT_OK  # stopped on request: a clean exit (launchd must not restart it)
         # Failed items stay failed until `emif retry`, so earlier runs' failures count too.
         failed = any(self._failed_keys(s) for s in self.stages)
         return EXIT_FAILED if failed or self.unavailable else EXIT_OK
@@ -222,8 +227,16 @@ class Engine:
                 if self.once and outcome == "idle" and self._mark_idle(stage, seen):
                     return
                 wake = self.wake[stage.name]
-                wake.wait(self.rescan_s if outcome != "idle" or not self.once else 0.2)
+                wake.wait(self._pause_for(outcome))
                 wake.clear()
+
+    def _pause_for(self, outcome: str) -> float:
+        """How long a worker waits before its next round (a file event wakes it earlier)."""
+        if outcome == "settling":  # a file still being written: look again soon
+            return min(self.rescan_s, max(self.settle_s / 2, 0.1))
+        if outcome == "idle" and self.once:
+            return 0.2
+        return self.rescan_s
 
     def _mark_unavailable(self, stage: Stage, reason: str) -> None:
         if stage.name not in self.unavailable:
@@ -259,10 +272,23 @@ class Engine:
         return {rel[: -len(".json")] for rel in self._failed_scanners[stage.name].scan()}
 
     def _round(self, stage: Stage) -> str:
-        """One discovery and a pass over it: 'worked', 'blocked' (others hold items), 'idle'."""
+        """One discovery and a pass over it: 'worked', 'blocked' (others hold items, or we
+        are paused), 'idle'."""
+        if not self.may_claim():
+            return "blocked"
         try:
+            started = time.monotonic()
             found = stage.discover()
             failed = self._failed_keys(stage)
+            if stage.name not in self._scanned:
+                self._scanned.add(stage.name)
+                self.log.info(
+                    "first_scan",
+                    todo=len(found.items),
+                    waiting=found.waiting,
+                    failed=len(failed),
+                    seconds=round(time.monotonic() - started, 3),
+                )
         except (ShareUnavailable, OSError) as exc:
             if not self._share_down:
                 self._share_down = True
@@ -273,7 +299,7 @@ class Engine:
             self.log.info("share_back")
         todo = [it for it in found.items if it.key not in failed]
         self.stats[stage.name].pending = len(todo)
-        blocked = found.waiting > 0
+        blocked = False
         for item in todo:
             if self.stop.is_set() or not self.may_claim():
                 return "blocked"
@@ -283,6 +309,8 @@ class Engine:
                 continue
             self._process(stage, item, claim)
             return "worked"
+        if found.waiting:
+            return "settling"
         return "blocked" if blocked else "idle"
 
     def _claim(self, stage: Stage, item: Item) -> Claim | None:

@@ -43,45 +43,68 @@ class TreeScanner:
     want_dir: Callable[[str], bool] = lambda name: not is_ignored(name)
     report_dirs: bool = False  # also report folders (SEGMENTS/<dirs>/<stem>/ are outputs)
     _cache: dict[str, _Dir] = field(default_factory=dict)
+    version: int = 0  # bumped whenever the result changes
+    _seen: set[str] = field(default_factory=set)
+    _found: set[str] = field(default_factory=set)
 
     def scan(self, descend: Callable[[str], bool] | None = None) -> set[str]:
-        """Wanted paths under `top`; folders for which `descend` is False are not entered."""
+        """Wanted paths under `top`; folders for which `descend` is False are not entered.
+
+        When no folder changed since the last scan, `version` stays the same, so callers
+        can skip their own work.
+        """
         try:
             self.stat(self.top)
         except FileNotFoundError:
-            return set()
+            if self._found or self._cache:
+                self._cache.clear()
+                self._seen, self._found = set(), set()
+                self.version += 1
+            return self._found
         except OSError as exc:
             raise ShareUnavailable(exc.errno, f"cannot read {self.top}: {exc.strerror}") from exc
-        found: set[str] = set()
         seen: set[str] = set()
-        self._walk("", found, seen, descend or (lambda _rel: True))
+        changed = self._walk("", seen, descend or (lambda _rel: True))
         for gone in set(self._cache) - seen:
             del self._cache[gone]
+        if changed or seen != self._seen:
+            self._seen = seen
+            self._found = self._collect(seen)
+            self.version += 1
+        return self._found
+
+    def _collect(self, seen: set[str]) -> set[str]:
+        found: set[str] = set()
+        for rel in seen:
+            cached = self._cache[rel]
+            prefix = f"{rel}/" if rel else ""
+            found.update(prefix + name for name in cached.files)
+            if self.report_dirs:
+                found.update(prefix + name for name in cached.dirs)
         return found
 
-    def _walk(
-        self, rel: str, found: set[str], seen: set[str], descend: Callable[[str], bool]
-    ) -> None:
+    def _walk(self, rel: str, seen: set[str], descend: Callable[[str], bool]) -> bool:
+        """Stat every folder, re-list the ones that changed; True if any did."""
         path = self.top / rel if rel else self.top
         try:
             mtime = self.stat(path).st_mtime_ns
         except FileNotFoundError:
-            return
+            return True
         seen.add(rel)
         cached = self._cache.get(rel)
-        if cached is None or cached.mtime_ns != mtime or cached.relist:
-            changed = cached is None or cached.mtime_ns != mtime
+        changed = cached is None or cached.mtime_ns != mtime
+        if changed or cached.relist:  # type: ignore[union-attr]
             files, dirs = self._list(path)
+            relisted = cached is None or (files, dirs) != (cached.files, cached.dirs)
             cached = _Dir(mtime, changed, files, dirs)
             self._cache[rel] = cached
+            changed = relisted
         prefix = f"{rel}/" if rel else ""
-        found.update(prefix + name for name in cached.files)
         for name in cached.dirs:
             sub = prefix + name
-            if self.report_dirs:
-                found.add(sub)
             if descend(sub):
-                self._walk(sub, found, seen, descend)
+                changed = self._walk(sub, seen, descend) or changed
+        return changed
 
     def _list(self, path: Path) -> tuple[frozenset[str], frozenset[str]]:
         files: list[str] = []

@@ -89,13 +89,28 @@ class PngTreeDiscovery:
             want=(lambda _n: False) if outputs_are_dirs else is_input_png,
             report_dirs=outputs_are_dirs,
         )
+        self._last: tuple[int, int] = (-1, -1)
+        self._wanted: dict[str, str] = {}
+        self._expected: set[str] = set()
+        self._todo: list[str] = []
+
+    def _pending(self) -> list[str]:
+        """Inputs whose output is missing; recomputed only when a folder changed, so a
+        rescan of 100 000 finished images costs a stat per folder and nothing more."""
+        rels = self.in_scan.scan()
+        if self.in_scan.version != self._last[0]:
+            self._wanted = {rel: str(self.output_of(PurePosixPath(rel))) for rel in rels}
+            self._expected = set(self._wanted.values())
+        expected = self._expected
+        done = self.out_scan.scan(descend=lambda rel: rel not in expected)
+        versions = (self.in_scan.version, self.out_scan.version)
+        if versions != self._last:
+            self._last = versions
+            self._todo = sorted(rel for rel, out in self._wanted.items() if out not in done)
+        return self._todo
 
     def discover(self) -> Discovery:
-        rels = self.in_scan.scan()
-        wanted = {rel: str(self.output_of(PurePosixPath(rel))) for rel in rels}
-        expected = set(wanted.values())
-        done = self.out_scan.scan(descend=lambda rel: rel not in expected)
-        todo = sorted(rel for rel, out in wanted.items() if out not in done)
+        todo = self._pending()
         found = Discovery()
         if not todo:
             return found
@@ -105,7 +120,7 @@ class PngTreeDiscovery:
             if not self.rt.settler.ready(source, now):
                 found.waiting += 1
                 continue
-            output = self.outputs_top / wanted[rel]
+            output = self.outputs_top / self._wanted[rel]
             found.items.append(Item(key=rel, outputs=(output,), source=source))
         self.rt.settler.forget(self.inputs_top, (str(self.inputs_top / rel) for rel in todo))
         return found

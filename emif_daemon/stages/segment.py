@@ -45,7 +45,7 @@ class ModelSpec:
     device: str = "auto"
     builder: str = ""  # "module:function" returning an unloaded Sam; "" = the registry's
     points_per_side: int = 32
-    points_per_batch: int = 64
+    points_per_batch: int = 0  # 0: by device, see segment_model.AUTO_BATCH
     pred_iou_thresh: float = 0.88
     stability_score_thresh: float = 0.95
     min_area_fraction: float = 0.001

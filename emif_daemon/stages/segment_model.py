@@ -41,6 +41,10 @@ from ..errors import PermanentItemError, StageUnavailable
 from .segment import ModelSpec
 
 WORKING_SIDE = 1024  # SAM's encoder input size
+# Prompts decoded per batch when the config says 0. The decoder repeats the 64×64×256 image
+# embedding per prompt, so on a CPU small batches stay in cache: 66 ms/point at 8 against
+# 95 ms at 64 for vit_b on 2 cores. Batching does not change which masks come out.
+AUTO_BATCH = {"cpu": 8, "mps": 16, "cuda": 64}
 
 
 def _nms_on_boxes_device(boxes: Any, scores: Any, idxs: Any, iou_threshold: float) -> Any:
@@ -169,7 +173,7 @@ class Segmenter:
         self.generator = FastGenerator(
             self.model,
             points_per_side=spec.points_per_side,
-            points_per_batch=spec.points_per_batch,
+            points_per_batch=spec.points_per_batch or AUTO_BATCH.get(self.device, 64),
             pred_iou_thresh=spec.pred_iou_thresh,
             stability_score_thresh=spec.stability_score_thresh,
             box_nms_thresh=spec.box_nms_thresh,
@@ -203,7 +207,7 @@ def naive_masks(model: Sam, image: np.ndarray, spec: ModelSpec) -> list[dict[str
     gen = SamAutomaticMaskGenerator(
         model,
         points_per_side=spec.points_per_side,
-        points_per_batch=spec.points_per_batch,
+        points_per_batch=spec.points_per_batch or 64,  # the stock default
         pred_iou_thresh=spec.pred_iou_thresh,
         stability_score_thresh=spec.stability_score_thresh,
         box_nms_thresh=spec.box_nms_thresh,

@@ -1,0 +1,98 @@
+"""Atomic publishing and the sweep of dead writers' temp files (SPEC §2)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from emif_daemon.files import (
+    MACHINE,
+    building_dir,
+    clean_orphans,
+    parse_temp_name,
+    png_problem,
+    publish_dir,
+    publish_new,
+    temp_name,
+)
+from emif_daemon.power import SleepGuard
+from tests.conftest import wait_for
+from tests.sdapi_server import make_png
+
+
+def test_publish_new_never_overwrites(tmp_path: Path) -> None:
+    target = tmp_path / "a.png"
+    publish_new(target, b"first")
+    with pytest.raises(FileExistsError):
+        publish_new(target, b"second")
+    assert target.read_bytes() == b"first"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.png"]  # no temp left behind
+
+
+def test_folder_is_published_whole(tmp_path: Path) -> None:
+    final = tmp_path / "stem"
+    with building_dir(final) as tmp:
+        (tmp / "a.png").write_bytes(b"x")
+        assert not final.exists()
+        publish_dir(tmp, final)
+    assert [p.name for p in final.iterdir()] == ["a.png"]
+    assert [p.name for p in tmp_path.iterdir()] == ["stem"]
+
+
+def test_sweep_removes_dead_writers_temp_files_and_folders_only(tmp_path: Path) -> None:
+    dead = tmp_path / f".x.png.{MACHINE}.999999.abcd1234.emiftmp"
+    dead.write_bytes(b"half")
+    dead_dir = tmp_path / "SEGMENTS" / f".stem.{MACHINE}.999999.abcd1234.emiftmp"
+    dead_dir.mkdir(parents=True)
+    (dead_dir / "a_seg_001.png").write_bytes(b"x")
+    alive = temp_name(tmp_path / "y.png")
+    alive.write_bytes(b"being written")
+    other_fresh = tmp_path / ".z.png.otherhost.12.abcd1234.emiftmp"
+    other_fresh.write_bytes(b"maybe alive")
+    other_old = tmp_path / ".w.png.otherhost.12.abcd1234.emiftmp"
+    other_old.write_bytes(b"abandoned")
+    old = time.time() - 7 * 3600
+    os.utime(other_old, (old, old))
+    keep = tmp_path / "final.png"
+    keep.write_bytes(b"done")
+    removed = clean_orphans(
+        [tmp_path], host=MACHINE, server_now=time.time(), max_age_s=6 * 3600,
+        alive=lambda pid: pid == os.getpid(),
+    )  # fmt: skip
+    assert sorted(removed) == sorted([dead, dead_dir, other_old])
+    assert alive.exists()
+    assert other_fresh.exists()
+    assert keep.exists()
+    assert parse_temp_name(alive.name) == (MACHINE, os.getpid())
+
+
+def test_png_checks_catch_truncation_and_size() -> None:
+    png = make_png(16, 8)
+    assert png_problem(png) is None
+    assert png_problem(png, (16, 8)) is None
+    assert "expected 8×8" in (png_problem(png, (8, 8)) or "")
+    assert "truncated" in (png_problem(png[:-20]) or "")
+    assert "not a PNG" in (png_problem(b"GIF89a" + png[6:]) or "")
+
+
+def test_sleep_guard_holds_caffeinate_only_while_busy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record = tmp_path / "caffeinate.log"
+    stub = tmp_path / "caffeinate"
+    stub.write_text(f'#!/bin/sh\necho "$@" >> {record}\nexec sleep 30\n')
+    stub.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    guard = SleepGuard(enabled=True, platform="darwin")
+    guard.busy(True)
+    guard.busy(True)  # one assertion, not one per item
+    proc = guard._proc
+    assert proc is not None
+    wait_for(record.exists, timeout=10)
+    guard.busy(False)
+    assert proc.poll() is not None
+    assert record.read_text().splitlines() == [f"-i -w {os.getpid()}"]
+    assert not SleepGuard(enabled=True, platform="linux").enabled
