@@ -10,21 +10,19 @@ from ..engine import Discovery, Item, Work
 from ..errors import PermanentItemError, TransientError
 from ..files import png_problem, png_size
 from ..layout import upscale_output
-from ..sdapi import IMG2IMG, encode_image
-from .common import PngTreeDiscovery, publish_png, server_for, sha256, utc_iso, without_images
+from ..sdapi import IMG2IMG
+from .common import PngTreeDiscovery, publish_png, server_for, sha256, utc_iso
 
 if TYPE_CHECKING:
     from ..daemon import Runtime
 
 
 def pass_payload(template: dict[str, Any], image: bytes) -> dict[str, Any]:
-    """One pass: the current image as plain base64, width/height = its size unless set.
-
-    Draw Things rejects an init image whose size differs from width/height.
-    """
+    """One pass's payload, the init image aside: width/height = the image's size unless
+    the pass sets them (Draw Things rejects an init image whose size differs)."""
     size = png_size(image)
     base: dict[str, Any] = {"width": size[0], "height": size[1]} if size else {}
-    return {**base, **template, "init_images": [encode_image(image)]}
+    return {**base, **template}
 
 
 class UpscaleStage:
@@ -75,13 +73,15 @@ class UpscaleStage:
         current, sent, server_seconds = source, [], 0.0
         for n, template in enumerate(self.cfg.passes, 1):
             payload = pass_payload(template, current)
-            answer = self.server.post(IMG2IMG, payload, priority=self.priority, expect=1)
+            answer = self.server.post(
+                IMG2IMG, payload, priority=self.priority, expect=1, init_image=current
+            )
             server_seconds += answer.seconds
             problem = png_problem(answer.images[0])
             if problem:
                 raise TransientError(f"pass {n} answer: {problem}")
             current = answer.images[0]
-            sent.append(without_images(payload))
+            sent.append(payload)
             work.check()
         expect = tuple(self.cfg.expect_size) if self.cfg.expect_size else None
         problem = png_problem(current, expect)  # type: ignore[arg-type]
