@@ -3,7 +3,9 @@
 A loopback sdapi server with a fixed service time answers real-size PNGs (1024² for
 txt2img, 2048² for the upscale passes). 50 images go through generate and two upscale
 passes, once through the daemon and once through the original sequential scripts.
-Wall time runs from the first request reaching the server to the last answer leaving it.
+Wall time runs from the first request reaching the server to the last answer leaving it;
+the server counts as busy from the moment a request has arrived until its answer is
+ready to send (parsing, generating, encoding), idle while bytes travel or it waits.
 
     python benchmarks/bench_server_busy.py [--images 50] [--service 0.5 2]
 """
@@ -11,53 +13,9 @@ Wall time runs from the first request reaching the server to the last answer lea
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from common import (
-    REPO,
-    daemon_config,
-    fresh_root,
-    machine,
-    prompts_doc,
-    run_measured,
-    server_window,
-    start_server,
-)
-
-
-def run_daemon(images: int, service: float) -> tuple[float, float, int]:
-    server = start_server(service)
-    try:
-        root = fresh_root(f"busy-daemon-{service}")
-        (root / "queue").mkdir()
-        (root / "queue" / "bench.json").write_text(json.dumps(prompts_doc(images)))
-        cfg = daemon_config(root, server.url)
-        code, _wall, _cpu, _rss = run_measured(
-            [sys.executable, "-m", "emif_daemon.cli", "run", "--once", "--config", str(cfg)]
-        )
-        if code != 0:
-            raise SystemExit(f"daemon exited {code}; see {root}/logs")
-        return server_window(server)
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
-def run_baseline(images: int, service: float) -> tuple[float, float, int]:
-    server = start_server(service)
-    try:
-        root = fresh_root(f"busy-baseline-{service}")
-        script = str(REPO / "benchmarks" / "baseline_scripts.py")
-        code, _wall, _cpu, _rss = run_measured(
-            [sys.executable, script, server.url, str(root), str(images)]
-        )
-        if code != 0:
-            raise SystemExit(f"baseline exited {code}")
-        return server_window(server)
-    finally:
-        server.shutdown()
-        server.server_close()
+from common import machine, run_way
 
 
 def main() -> int:
@@ -70,11 +28,11 @@ def main() -> int:
     print("| service time | way | requests | wall s | server busy | images/min |")
     print("|---:|---|---:|---:|---:|---:|")
     for service in args.service:
-        for name, run in (("emif-daemon", run_daemon), ("original scripts", run_baseline)):
-            busy, wall, requests = run(args.images, service)
+        for name, way in (("emif-daemon", "daemon"), ("original scripts", "baseline")):
+            r = run_way(way, args.images, service)
             print(
-                f"| {service:g} s | {name} | {requests} | {wall:.1f} | {busy / wall:.1%} | "
-                f"{args.images / wall * 60:.1f} |",
+                f"| {service:g} s | {name} | {r['requests']} | {r['window']:.1f} | "
+                f"{r['busy'] / r['window']:.1%} | {args.images / r['window'] * 60:.1f} |",
                 flush=True,
             )
     print()

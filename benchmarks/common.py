@@ -109,3 +109,28 @@ def server_window(server: sdapi_server.SdapiHTTPServer) -> tuple[float, float, i
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     return f"{cpu}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
+
+
+def run_way(way: str, images: int, service: float) -> dict[str, float]:
+    """Push `images` through generate + 2 passes, by the daemon or the original scripts,
+    against a fresh server; returns the client's CPU/wall/RSS and the server's window."""
+    server = start_server(service)
+    try:
+        root = fresh_root(f"{way}-{service:g}")
+        if way == "baseline":
+            cmd = [sys.executable, str(REPO / "benchmarks" / "baseline_scripts.py")]
+            cmd += [server.url, str(root), str(images)]
+        else:
+            (root / "queue").mkdir()
+            (root / "queue" / "bench.json").write_text(json.dumps(prompts_doc(images)))
+            cfg = daemon_config(root, server.url)
+            cmd = [sys.executable, "-m", "emif_daemon.cli", "run", "--once", "--config", str(cfg)]
+        code, wall, cpu, rss = run_measured(cmd)
+        if code != 0:
+            raise SystemExit(f"{way} exited {code}; see {root}")
+        busy, window, requests = server_window(server)
+        return {"cpu": cpu, "wall": wall, "rss": rss, "busy": busy, "window": window,
+                "requests": requests}  # fmt: skip
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -28,6 +28,7 @@ import psutil
 from .files import atomic_write_json, fsync_dir, rename_noreplace
 
 CLAIM_SUFFIX = ".claim"
+PROBE_REUSE_S = 1.0
 
 
 class ClaimState(StrEnum):
@@ -105,6 +106,8 @@ class ClaimStore:
         self._held: dict[Path, Claim] = {}
         self._mutex = threading.Lock()
         self._probe_fd: int | None = None
+        self._probed = 0.0
+        self._probed_at = -PROBE_REUSE_S
 
     # -- paths -------------------------------------------------------------------------
     def path(self, stage: str, item: str) -> Path:
@@ -121,13 +124,19 @@ class ClaimStore:
         Ages are measured against this, never the local clock, so skew between Macs does
         not matter.
         """
-        if self._probe_fd is None:
-            self.clock_dir.mkdir(parents=True, exist_ok=True)
-            probe = self.clock_dir / f"{self.host}.{os.getpid()}"
-            self._probe_fd = os.open(probe, os.O_RDWR | os.O_CREAT, 0o644)
-        os.pwrite(self._probe_fd, b"x", 0)
-        os.fsync(self._probe_fd)
-        return os.fstat(self._probe_fd).st_mtime
+        with self._mutex:
+            elapsed = time.monotonic() - self._probed_at
+            if elapsed < PROBE_REUSE_S:  # one write per second is plenty against a lease
+                return self._probed + elapsed
+            if self._probe_fd is None:
+                self.clock_dir.mkdir(parents=True, exist_ok=True)
+                probe = self.clock_dir / f"{self.host}.{os.getpid()}"
+                self._probe_fd = os.open(probe, os.O_RDWR | os.O_CREAT, 0o644)
+            os.pwrite(self._probe_fd, b"x", 0)
+            os.fsync(self._probe_fd)
+            self._probed = os.fstat(self._probe_fd).st_mtime
+            self._probed_at = time.monotonic()
+            return self._probed
 
     def close(self) -> None:
         if self._probe_fd is not None:

@@ -42,6 +42,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = _stage_list(args.stages)
     host = host_id(cfg)
     layout = Layout(cfg.paths.root)
+    if not layout.root.parent.is_dir():
+        raise ConfigError(
+            [f"paths.root: the folder above {layout.root} does not exist; is the share mounted?"],
+            str(cfg.source),
+        )
+    try:
+        layout.ensure()
+    except OSError as exc:
+        raise ConfigError(
+            [f"paths.root: cannot create the folders under {layout.root}: {exc.strerror}"],
+            str(cfg.source),
+        ) from exc
     log_file: Path | None
     if cfg.logging.file == "-":
         log_file = None

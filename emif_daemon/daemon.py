@@ -28,6 +28,7 @@ from .retry import RetryPolicy
 from .watch import Hints, Settler
 
 ORPHAN_MAX_AGE_S = 6 * 3600
+EXIT_USAGE = 2
 
 
 def host_id(cfg: Config) -> str:
@@ -103,6 +104,13 @@ def run_daemon(
     rt = make_runtime(cfg, publish)
     names = enabled_stages(cfg, stage_names)
     stages = stage_factory(rt) if stage_factory else build_stages(rt, names)
+    if not stages:
+        log.error(
+            "no_stages",
+            hint="every requested stage is disabled: set generate/upscale/segment.enabled "
+            "in the config, or name enabled ones in --stages",
+        )
+        return EXIT_USAGE
 
     def sweep() -> None:
         removed = clean_orphans(

@@ -61,12 +61,28 @@ class Discovery:
 class Stage(Protocol):
     name: str
     priority: int  # a shared server serves the higher priority first (downstream stages)
+    workers: int  # worker threads; >1 lets one item's own work hide behind another's request
 
     def unavailable(self) -> str | None: ...
     def discover(self) -> Discovery: ...
     def run(self, item: Item, work: Work) -> dict[str, Any]: ...
     def wait_available(self, stop: threading.Event) -> None: ...
     def close(self) -> None: ...
+
+
+class StageBase:
+    """Defaults for a Stage's optional parts: always available, nothing to wait for or close."""
+
+    workers = 1
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def wait_available(self, stop: threading.Event) -> None:
+        """Block until the stage can work again after ServerUnavailable (or `stop` is set)."""
+
+    def close(self) -> None:
+        """Release what the stage holds (a child process) at shutdown."""
 
 
 class Work:
@@ -98,7 +114,7 @@ class StageStats:
     failed: int = 0
     skipped: int = 0
     pending: int = 0
-    busy: bool = False
+    busy: int = 0  # items in hand (a stage may have more than one worker)
     started: float = field(default_factory=time.monotonic)
 
 
@@ -162,8 +178,9 @@ class Engine:
     # -- the whole run ----------------------------------------------------------------
     def run(self) -> int:
         threads = [
-            threading.Thread(target=self._worker, args=(s,), name=f"stage-{s.name}", daemon=True)
+            threading.Thread(target=self._worker, args=(s,), name=f"{s.name}-{n}", daemon=True)
             for s in self.stages
+            for n in range(1, max(1, getattr(s, "workers", 1)) + 1)
         ]
         self._report()
         keeper = threading.Thread(target=self._keeper, name="heartbeat", daemon=True)
@@ -210,7 +227,9 @@ class Engine:
     # -- one worker per stage -------------------------------------------------------------
     def _worker(self, stage: Stage) -> None:
         with structlog.contextvars.bound_contextvars(stage=stage.name):
+            wake = self.wake[stage.name]
             while not self.stop.is_set():
+                wake.clear()  # before the round: an event during it wakes the next wait
                 reason = stage.unavailable()
                 if reason is not None:
                     self._mark_unavailable(stage, reason)
@@ -226,9 +245,7 @@ class Engine:
                     continue
                 if self.once and outcome == "idle" and self._mark_idle(stage, seen):
                     return
-                wake = self.wake[stage.name]
                 wake.wait(self._pause_for(outcome))
-                wake.clear()
 
     def _pause_for(self, outcome: str) -> float:
         """How long a worker waits before its next round (a file event wakes it earlier)."""
@@ -255,16 +272,23 @@ class Engine:
             return self._drained.is_set()
 
     def _check_drained(self) -> None:
-        if len(self._idle_at) == len(self.stages) and all(
-            v in (-1, self._activity) for v in self._idle_at.values()
+        busy = any(st.busy for st in self.stats.values())
+        if (
+            not busy
+            and len(self._idle_at) == len(self.stages)
+            and all(v in (-1, self._activity) for v in self._idle_at.values())
         ):
             self._drained.set()
             for wake in self.wake.values():
                 wake.set()
 
-    def _finished_one(self) -> None:
+    def _finished_one(self, stage: Stage, *, counts: bool) -> None:
+        # One lock for both, so no idle worker ever sees "nobody busy" before the activity
+        # this item caused (its output may be another stage's input).
         with self._cond:
-            self._activity += 1
+            if counts:
+                self._activity += 1
+            self.stats[stage.name].busy -= 1
         for wake in self.wake.values():  # downstream stages may have new inputs
             wake.set()
 
@@ -334,7 +358,8 @@ class Engine:
     # -- one item ---------------------------------------------------------------------------
     def _process(self, stage: Stage, item: Item, claim: Claim) -> None:
         stats = self.stats[stage.name]
-        stats.busy = True
+        with self._cond:
+            stats.busy += 1
         sample = ResourceSample.take()
         status = "failed"
         record: dict[str, Any] = {}
@@ -342,13 +367,11 @@ class Engine:
             try:
                 status, record = self._attempts(stage, item, claim)
             finally:
-                stats.busy = False
                 if claim.path in {c.path for c in self.store.held()}:
                     self.store.release(claim)
-                if status in ("done", "failed", "skipped_existing"):
-                    self._finished_one()
                 if self.metrics is not None and status in ("done", "failed"):
                     self.metrics.write(stage.name, item.key, status, sample, record)
+                self._finished_one(stage, counts=status in ("done", "failed", "skipped_existing"))
 
     def _attempts(self, stage: Stage, item: Item, claim: Claim) -> tuple[str, dict[str, Any]]:
         stats = self.stats[stage.name]

@@ -147,6 +147,15 @@ def png_size(data: bytes) -> tuple[int, int] | None:
     return int(width), int(height)
 
 
+def png_shape(data: bytes) -> str | None:
+    """Cheap check: a PNG header and an IEND chunk at the end (no CRCs, no decoding)."""
+    if png_size(data) is None:
+        return "not a PNG (bad signature or header)"
+    if not data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82"):
+        return "PNG is truncated (no IEND chunk)"
+    return None
+
+
 def png_problem(data: bytes, expect: tuple[int, int] | None = None) -> str | None:
     """Why `data` is not a complete PNG of the expected size, or None.
 
@@ -157,17 +166,17 @@ def png_problem(data: bytes, expect: tuple[int, int] | None = None) -> str | Non
 
     from PIL import Image  # noqa: PLC0415
 
-    size = png_size(data)
-    if size is None:
-        return "not a PNG (bad signature or header)"
-    if not data.rstrip(b"\x00").endswith(b"IEND\xaeB`\x82"):
-        return "PNG is truncated (no IEND chunk)"
+    shape = png_shape(data)
+    if shape:
+        return shape
     try:
         with Image.open(BytesIO(data)) as img:
             img.verify()
     except Exception as exc:
         return f"PNG does not verify: {exc}"
+    size = png_size(data)
     if expect and size != tuple(expect):
+        assert size is not None
         return f"PNG is {size[0]}×{size[1]}, expected {expect[0]}×{expect[1]}"
     return None
 

@@ -30,6 +30,7 @@ from .retry import compute_backoff
 TXT2IMG = "/sdapi/v1/txt2img"
 IMG2IMG = "/sdapi/v1/img2img"
 OPTIONS = "/sdapi/v1/options"
+DECODE_SLICE = 1 << 20  # characters of base64 per decoding step (a multiple of 4)
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,16 @@ def decode_image(text: object) -> bytes:
     if text.startswith("data:"):
         text = text.partition(",")[2]
     try:
-        # strict_mode validates in C; base64.b64decode(validate=True) runs a regex over
-        # megabytes of text, which was the daemon's largest CPU cost per image.
-        return binascii.a2b_base64(text, strict_mode=True)
+        # In slices, so another worker waiting to send its request gets the interpreter
+        # lock between them instead of after 10 ms of decoding a 2048² answer.
+        if len(text) <= DECODE_SLICE:
+            return binascii.a2b_base64(text, strict_mode=True)
+        if len(text) % 4:
+            raise binascii.Error("base64 length is not a multiple of 4")
+        return b"".join(
+            binascii.a2b_base64(text[i : i + DECODE_SLICE], strict_mode=True)
+            for i in range(0, len(text), DECODE_SLICE)
+        )
     except (binascii.Error, ValueError) as exc:
         raise TransientError(f"answer image is not valid base64: {exc}") from exc
 
@@ -82,12 +90,12 @@ def request_body(payload: dict[str, Any], init_image: bytes | None = None) -> by
     )
 
 
-def error_detail(response: requests.Response) -> str:
+def error_detail(content: bytes, reason: str = "") -> str:
     """The server's own explanation: `detail` of the A1111-style error JSON, else the body."""
     try:
-        body = response.json()
+        body = json.loads(content)
     except ValueError:
-        return response.text.strip()[:500] or response.reason
+        return content.decode("utf-8", "replace").strip()[:500] or reason
     if isinstance(body, dict) and "detail" in body:
         detail = body["detail"]
         return detail if isinstance(detail, str) else json.dumps(detail)[:500]
@@ -232,15 +240,19 @@ class Server:
         """One generation on a fresh connection (Draw Things drops idle keep-alives after 5 s)."""
         if self.info is None:
             self.probe()
+        body = request_body(payload, init_image)  # before taking the slot: no idle server
         with self.limiter.slot(priority):
             self.log.info("request_sent", path=path)
             started = time.monotonic()
             try:
+                # stream=True returns once the headers are in: the server has finished
+                # generating, so the next request may go while this answer downloads.
                 response = requests.post(
                     self.url + path,
-                    data=request_body(payload, init_image),
+                    data=body,
                     timeout=(self.connect_timeout, self.read_timeout),
                     headers={"Connection": "close", "Content-Type": "application/json"},
+                    stream=True,
                 )
             except requests.ReadTimeout as exc:
                 # The server is still busy with it: never re-send at once.
@@ -251,20 +263,23 @@ class Server:
                     raise ServerUnavailable(f"{self.url} refused the connection") from exc
                 raise TransientError(f"connection dropped while generating: {exc}") from exc
             seconds = time.monotonic() - started
-        return self._answer(response, expect, seconds)
+        with response:
+            try:  # the body is downloaded outside the slot, in one read
+                content = response.raw.read(decode_content=True)
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                raise TransientError(f"connection dropped while answering: {exc}") from exc
+        return self._answer(response.status_code, response.reason, content, expect, seconds)
 
-    def _answer(self, response: requests.Response, expect: int, seconds: float) -> Answer:
-        if 400 <= response.status_code < 500:
-            detail = error_detail(response)
-            raise PermanentItemError(
-                f"server refused the request (HTTP {response.status_code}): {detail}"
-            )
-        if response.status_code >= 500:
-            raise TransientError(
-                f"server error (HTTP {response.status_code}): {error_detail(response)}"
-            )
+    def _answer(
+        self, status: int, reason: str, content: bytes, expect: int, seconds: float
+    ) -> Answer:
+        if 400 <= status < 500:
+            detail = error_detail(content, reason)
+            raise PermanentItemError(f"server refused the request (HTTP {status}): {detail}")
+        if status >= 500:
+            raise TransientError(f"server error (HTTP {status}): {error_detail(content, reason)}")
         try:
-            body = response.json()
+            body = json.loads(content)
         except ValueError as exc:
             raise TransientError("answer is not JSON") from exc
         return parse_answer(body, expect, seconds)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -95,22 +97,29 @@ def root(tmp_path: Path) -> Path:
     return path
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on (yet)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serving(mode: str = "drawthings", latency: float = 0.0, port: int = 0) -> Iterator[Any]:
+    """A loopback sdapi server for the length of a `with` block."""
+    server, thread = sdapi_server.start(mode, latency, port)
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
 @pytest.fixture
 def sdapi() -> Iterator[sdapi_server.SdapiHTTPServer]:
-    server, thread = sdapi_server.start("drawthings")
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
-
-
-@pytest.fixture
-def a1111() -> Iterator[sdapi_server.SdapiHTTPServer]:
-    server, thread = sdapi_server.start("a1111")
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join(5)
+    with serving("drawthings") as server:
+        yield server
 
 
 def emif_cmd(*args: str) -> list[str]:

@@ -184,31 +184,36 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length", 0))
-        raw = self.rfile.read(length)
+        raw = self.rfile.read(length)  # the transfer: the server waits for the client here
         path = self.path.rsplit("/", 1)[-1]
         if path not in ("txt2img", "img2img"):
             self._error(404, "Not Found")
             return
-        try:
-            payload = json.loads(raw)
-        except ValueError:
-            self._error(422, "body is not JSON")
-            return
+        # One request at a time, like the real servers. Parsing the request and encoding
+        # the answer are the server's work, so they count as busy; the transfers do not.
         with self.state.gpu:
             started = time.monotonic()
-            status, images, body = self._generate(path, payload)
+            try:
+                payload = json.loads(raw)
+            except ValueError:
+                payload = None
+            if payload is None:
+                status, images, body = 422, [], {"detail": "body is not JSON"}
+            else:
+                status, images, body = self._generate(path, payload)
             if self.state.latency:
                 time.sleep(self.state.latency)
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
             finished = time.monotonic()
             with self.state.lock:
                 self.state.busy_s += finished - started
-                shown = {k: v for k, v in payload.items() if k != "init_images"}
+                shown = {k: v for k, v in (payload or {}).items() if k != "init_images"}
                 self.state.requests.append(Recorded(path, shown, status, images, started, finished))
-            if status == -1:  # drop the connection without an answer
-                self.close_connection = True
-                self.connection.shutdown(2)
-                return
-            self._send(status, body)
+        if status == -1:  # drop the connection without an answer
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        self._send(status, data)
 
     def _generate(self, path: str, payload: dict[str, Any]) -> tuple[int, list[bytes], Any]:
         fault = self.state.next_fault()

@@ -9,7 +9,7 @@ from typing import Any
 
 from emif_daemon.config import parse_config
 from emif_daemon.daemon import Runtime, make_runtime
-from emif_daemon.engine import EXIT_FAILED, EXIT_OK, Discovery, Engine, Item, Work
+from emif_daemon.engine import EXIT_FAILED, EXIT_OK, Discovery, Engine, Item, StageBase, Work
 from emif_daemon.errors import PermanentItemError, TransientError
 from emif_daemon.retry import RetryPolicy, compute_backoff
 from tests.conftest import fast_sections
@@ -61,7 +61,7 @@ def test_two_engines_in_threads_make_each_of_200_items_exactly_once(root: Path) 
         assert out.read_bytes() == expected_output(f"{i:03}")
 
 
-class FlakyStage:
+class FlakyStage(StageBase):
     """Items named 'transient*' fail `fails` times then succeed; 'permanent*' always fail."""
 
     name = "flaky"
@@ -71,15 +71,6 @@ class FlakyStage:
         self.root = root
         self.fails = fails
         self.calls: Counter[str] = Counter()
-
-    def unavailable(self) -> str | None:
-        return None
-
-    def wait_available(self, stop: threading.Event) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def discover(self) -> Discovery:
         items = []

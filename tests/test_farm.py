@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -17,6 +16,7 @@ from tests import sdapi_server
 from tests.conftest import (
     emif_cmd,
     fast_sections,
+    free_port,
     log_lines,
     run_emif,
     spawn,
@@ -179,9 +179,7 @@ def test_webhook_gets_one_batch_done_per_file_and_one_item_failed_per_failure(
 def test_a_receiver_that_is_down_does_not_slow_the_stages_and_gets_events_later(
     root: Path, sdapi: sdapi_server.SdapiHTTPServer
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     two_batches(root)
     cfg = notify_config(root, sdapi.url, f"http://127.0.0.1:{port}/hook")
     proc = spawn(emif_cmd("run", "--config", str(cfg)))

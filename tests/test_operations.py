@@ -17,7 +17,15 @@ import pytest
 from emif_daemon import launchd
 from emif_daemon.metrics import COLUMNS
 from tests import sdapi_server
-from tests.conftest import REPO, emif_cmd, fast_sections, log_lines, run_emif, write_config
+from tests.conftest import (
+    REPO,
+    emif_cmd,
+    fast_sections,
+    log_lines,
+    run_emif,
+    serving,
+    write_config,
+)
 
 
 def small_config(root: Path, url: str, **over: dict) -> Path:
@@ -202,8 +210,7 @@ def prompts(root: Path, count: int) -> None:
 
 
 def test_progress_bars_on_a_terminal(root: Path) -> None:
-    server, thread = sdapi_server.start(latency=0.3)
-    try:
+    with serving(latency=0.3) as server:
         cfg = small_config(root, server.url)
         prompts(root, 4)
         leader, follower = pty.openpty()
@@ -229,10 +236,6 @@ def test_progress_bars_on_a_terminal(root: Path) -> None:
             out += chunk
         assert proc.wait(30) == 0
         os.close(leader)
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
     text = out.decode(errors="replace")
     assert "generate" in text
     assert "4/4" in text
@@ -241,16 +244,11 @@ def test_progress_bars_on_a_terminal(root: Path) -> None:
 
 
 def test_progress_events_when_not_on_a_terminal(root: Path) -> None:
-    server, thread = sdapi_server.start(latency=0.3)
-    try:
+    with serving(latency=0.3) as server:
         cfg = small_config(root, server.url, logging={"progress_s": 0.3})
         prompts(root, 5)
         result = run_emif("run", "--once", "--config", str(cfg))
         assert result.returncode == 0
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
     events = [e for e in log_lines(root) if e["event"] == "progress"]
     assert events
     assert {"done", "pending", "failed", "per_minute", "eta_s", "stage"} <= set(events[0])
@@ -261,15 +259,10 @@ def test_progress_events_when_not_on_a_terminal(root: Path) -> None:
 
 
 def test_logs_command_filters_and_prints_readable_lines(root: Path) -> None:
-    server, thread = sdapi_server.start()
-    try:
+    with serving() as server:
         cfg = small_config(root, server.url)
         prompts(root, 2)
         assert run_emif("run", "--once", "--config", str(cfg)).returncode == 0
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
     out = run_emif("logs", "--stage", "generate", "-n", "0", "--config", str(cfg)).stdout
     lines = out.splitlines()
     assert sum("item_done" in line for line in lines) == 2

@@ -6,7 +6,6 @@ import hashlib
 import json
 import shutil
 import signal
-import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,10 @@ from tests.conftest import (
     REPO,
     emif_cmd,
     fast_sections,
+    free_port,
     log_lines,
     run_emif,
+    serving,
     spawn,
     wait_for,
     write_config,
@@ -241,33 +242,23 @@ def test_server_faults_end_every_item_done_or_failed_with_a_reason(
     assert "N/c/N_c_3_1.png" in pngs(root / "GENERATIONS")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_a_server_down_at_start_charges_no_attempt_and_is_waited_for(root: Path) -> None:
     port = free_port()
     cfg = pipeline_config(root, f"http://127.0.0.1:{port}", upscale=False)
     (root / "queue").mkdir()
     nations_file(root / "queue" / "n.json", ["Peru"], per=2)
     proc = spawn(emif_cmd("run", "--once", "--config", str(cfg)))
-    server = None
     try:
         wait_for(
             lambda: any(e["event"] == "server_unreachable" for e in log_lines(root)), timeout=30
         )
         time.sleep(30)  # the outage: the daemon must neither exit nor charge attempts
         assert proc.poll() is None
-        server, _thread = sdapi_server.start(port=port)
-        assert proc.wait(60) == 0
+        with serving(port=port):
+            assert proc.wait(60) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-        if server is not None:
-            server.shutdown()
-            server.server_close()
     assert len(pngs(root / "GENERATIONS")) == 4
     events = [e["event"] for e in log_lines(root)]
     assert events.count("server_unreachable") == 1
@@ -283,8 +274,7 @@ def test_a_server_down_at_start_charges_no_attempt_and_is_waited_for(root: Path)
 def test_shipped_payloads_are_accepted_by_the_server_they_are_for(
     tmp_path: Path, mode: str, config_name: str
 ) -> None:
-    server, thread = sdapi_server.start(mode)
-    try:
+    with serving(mode) as server:
         work = tmp_path / "shipped"
         shutil.copytree(REPO / "recipes", work / "recipes")
         (work / "examples").mkdir()
@@ -310,7 +300,3 @@ def test_shipped_payloads_are_accepted_by_the_server_they_are_for(
         ups = sorted((root / "UPSCALED_IMAGES").rglob("*.png"))
         assert len(ups) == 2
         assert ups[0].read_bytes()[16:24] == (2048).to_bytes(4, "big") * 2
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)

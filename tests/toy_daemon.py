@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from emif_daemon.config import load_config
 from emif_daemon.daemon import Runtime, host_id, run_daemon
-from emif_daemon.engine import Discovery, Item, Work
+from emif_daemon.engine import Discovery, Item, StageBase, Work
 from emif_daemon.files import rename_noreplace, temp_name
 from emif_daemon.logs import configure_logging
 from emif_daemon.watch import TreeScanner
@@ -31,7 +30,7 @@ def expected_output(key: str) -> bytes:
     return key.encode() + b"\n" + CHUNK * CHUNKS
 
 
-class ToyStage:
+class ToyStage(StageBase):
     name = "toy"
     priority = 1
 
@@ -42,15 +41,6 @@ class ToyStage:
         self.outbox = rt.layout.root / "outbox"
         self.scan_in = TreeScanner(self.inbox, want=lambda n: n.endswith(".txt"))
         self.scan_out = TreeScanner(self.outbox, want=lambda n: n.endswith(".out"))
-
-    def unavailable(self) -> str | None:
-        return None
-
-    def wait_available(self, stop: threading.Event) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def discover(self) -> Discovery:
         done = self.scan_out.scan()

@@ -10,7 +10,8 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from ..engine import Discovery, Item
-from ..files import atomic_write_json, publish_new
+from ..errors import PermanentItemError
+from ..files import atomic_write_json, png_problem, publish_new
 from ..layout import is_input_png
 from ..sdapi import Server
 from ..watch import TreeScanner
@@ -50,6 +51,21 @@ def sha256_file(path: Path | str) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def read_source_png(path: Path, stage: str) -> bytes:
+    """An input image's bytes, or a PermanentItemError saying what to do about it."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise PermanentItemError(f"source {path} disappeared") from exc
+    problem = png_problem(data)
+    if problem:
+        raise PermanentItemError(
+            f"source {path} is not a usable PNG ({problem}); "
+            f"replace it, then run `emif retry --stage {stage}`"
+        )
+    return data
 
 
 def without_images(payload: dict[str, Any]) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..engine import Discovery, Item, Work
+from ..engine import Discovery, Item, StageBase, Work
 from ..errors import TransientError
 from ..files import png_problem
 from ..inbox import Expansion, Inbox, queued_files
@@ -50,7 +50,7 @@ def build_payload(base: dict[str, Any], item: PlannedItem) -> dict[str, Any]:
     }
 
 
-class GenerateStage:
+class GenerateStage(StageBase):
     name = "generate"
     priority = 1
 
@@ -66,14 +66,8 @@ class GenerateStage:
         self.outputs = TreeScanner(rt.layout.generations, want=is_input_png)
         self.failed = TreeScanner(rt.layout.failed / self.name, want=lambda n: n.endswith(".json"))
 
-    def unavailable(self) -> str | None:
-        return None
-
     def wait_available(self, stop: threading.Event) -> None:
         self.server.wait_until_up(stop)
-
-    def close(self) -> None:
-        pass
 
     def discover(self) -> Discovery:
         found = Discovery()

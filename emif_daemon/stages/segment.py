@@ -11,17 +11,16 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..engine import Discovery, Item, Work
+from ..engine import Discovery, Item, StageBase, Work
 from ..errors import PermanentItemError, Shutdown, StageUnavailable, TransientError
-from ..files import atomic_write_json, building_dir, png_problem, publish_dir
+from ..files import atomic_write_json, building_dir, publish_dir
 from ..layout import segment_output
 from ..logs import get_logger
-from .common import PngTreeDiscovery, sha256, sha256_file, utc_iso
+from .common import PngTreeDiscovery, read_source_png, sha256, sha256_file, utc_iso
 
 if TYPE_CHECKING:
     from ..daemon import Runtime
@@ -160,7 +159,7 @@ class ModelProcess:
             self._proc = None
 
 
-class SegmentStage:
+class SegmentStage(StageBase):
     name = "segment"
     priority = 3  # local work, served first where it would compete
 
@@ -200,9 +199,6 @@ class SegmentStage:
             return None
         return checkpoint_problem(self.cfg.checkpoint, self.cfg.model_type)
 
-    def wait_available(self, stop: threading.Event) -> None:
-        pass
-
     def close(self) -> None:
         self.model.close()
 
@@ -225,13 +221,7 @@ class SegmentStage:
 
     def run(self, item: Item, work: Work) -> dict[str, Any]:
         assert item.source is not None
-        try:
-            source = item.source.read_bytes()
-        except FileNotFoundError as exc:
-            raise PermanentItemError(f"source {item.source} disappeared") from exc
-        problem = png_problem(source)
-        if problem:
-            raise PermanentItemError(f"source {item.source} is not a usable PNG ({problem})")
+        source = read_source_png(item.source, self.name)
         if self._checkpoint_sha is None:
             self._checkpoint_sha = self._checkpoint_sha256()
         started = utc_iso()

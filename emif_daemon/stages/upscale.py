@@ -6,12 +6,19 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..engine import Discovery, Item, Work
-from ..errors import PermanentItemError, TransientError
-from ..files import png_problem, png_size
+from ..engine import Discovery, Item, StageBase, Work
+from ..errors import TransientError
+from ..files import png_problem, png_shape, png_size
 from ..layout import upscale_output
 from ..sdapi import IMG2IMG
-from .common import PngTreeDiscovery, publish_png, server_for, sha256, utc_iso
+from .common import (
+    PngTreeDiscovery,
+    publish_png,
+    read_source_png,
+    server_for,
+    sha256,
+    utc_iso,
+)
 
 if TYPE_CHECKING:
     from ..daemon import Runtime
@@ -25,9 +32,12 @@ def pass_payload(template: dict[str, Any], image: bytes) -> dict[str, Any]:
     return {**base, **template}
 
 
-class UpscaleStage:
+class UpscaleStage(StageBase):
     name = "upscale"
     priority = 2  # downstream of generate: served first by a shared server
+    # Two workers: while one checks and writes an answer, the other's request keeps the
+    # server busy (each item is two round-trips; the server limit still holds).
+    workers = 2
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
@@ -51,33 +61,26 @@ class UpscaleStage:
     def wait_available(self, stop: threading.Event) -> None:
         self.server.wait_until_up(stop)
 
-    def close(self) -> None:
-        pass
-
     def discover(self) -> Discovery:
         return self.finder.discover()
 
     def run(self, item: Item, work: Work) -> dict[str, Any]:
         assert item.source is not None
-        try:
-            source = item.source.read_bytes()
-        except FileNotFoundError as exc:
-            raise PermanentItemError(f"source {item.source} disappeared") from exc
-        problem = png_problem(source)
-        if problem:
-            raise PermanentItemError(
-                f"source {item.source} is not a usable PNG ({problem}); "
-                "replace it, then run `emif retry --stage upscale`"
-            )
+        source = read_source_png(item.source, self.name)
         started = time.time()
         current, sent, server_seconds = source, [], 0.0
-        for n, template in enumerate(self.cfg.passes, 1):
+        passes = self.cfg.passes
+        for n, template in enumerate(passes, 1):
             payload = pass_payload(template, current)
             answer = self.server.post(
                 IMG2IMG, payload, priority=self.priority, expect=1, init_image=current
             )
             server_seconds += answer.seconds
-            problem = png_problem(answer.images[0])
+            # An intermediate image is only checked for a PNG header and an end (the next
+            # pass's server decodes it anyway); the last one is verified in full below.
+            problem = (
+                png_problem(answer.images[0]) if n == len(passes) else png_shape(answer.images[0])
+            )
             if problem:
                 raise TransientError(f"pass {n} answer: {problem}")
             current = answer.images[0]
