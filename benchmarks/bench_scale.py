@@ -78,7 +78,8 @@ def main() -> int:
     cfg = root.parent / f"scale-{args.images}.toml"
     cfg.write_text(
         f'[paths]\nroot = "{root}"\n[server]\nurl = "http://127.0.0.1:9"\n'
-        "[segment]\nenabled = false\n"
+        "[[upscale.passes]]\nstrength = 0.3\n[segment]\nenabled = false\n"
+        '[watch]\nmode = "poll"\n'  # rescans only: what a network volume gets
     )
     emif = [sys.executable, "-m", "emif_daemon.cli"]
     started = time.monotonic()

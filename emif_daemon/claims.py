@@ -48,6 +48,7 @@ class Claim:
     started: float
     lost: bool = False
     abandoned: bool = False
+    closed: bool = False  # committed or released: its fd is closed and may be reused
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
@@ -182,7 +183,7 @@ class ClaimStore:
     def heartbeat(self, claim: Claim) -> bool:
         """Refresh the claim's mtime (server clock); False once the claim is lost."""
         with claim.lock:
-            if claim.lost or claim.abandoned:
+            if claim.closed or claim.lost or claim.abandoned:
                 return False
             try:
                 data = self._content(claim, ClaimState.WORKING)
@@ -200,7 +201,7 @@ class ClaimStore:
         respect to shutdown and loss: nothing is published by a claim we no longer hold.
         """
         with claim.lock:
-            if claim.abandoned or claim.lost or not self.owns(claim):
+            if claim.closed or claim.abandoned or claim.lost or not self.owns(claim):
                 claim.lost = claim.lost or not claim.abandoned
                 return False
             publish()
@@ -215,7 +216,7 @@ class ClaimStore:
     def release(self, claim: Claim) -> None:
         """Give the item back so any host can take it (on failure or shutdown)."""
         with claim.lock:
-            if claim.path not in self._held:
+            if claim.closed:
                 return
             if not claim.lost and self.owns(claim):
                 with contextlib.suppress(FileNotFoundError):
@@ -224,6 +225,8 @@ class ClaimStore:
             self._forget(claim)
 
     def _forget(self, claim: Claim) -> None:
+        """Close the claim's fd (caller holds claim.lock); nothing may touch it after."""
+        claim.closed = True
         with contextlib.suppress(OSError):
             os.close(claim.fd)
         with self._mutex:

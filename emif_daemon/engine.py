@@ -367,8 +367,7 @@ class Engine:
             try:
                 status, record = self._attempts(stage, item, claim)
             finally:
-                if claim.path in {c.path for c in self.store.held()}:
-                    self.store.release(claim)
+                self.store.release(claim)  # a no-op once committed
                 if self.metrics is not None and status in ("done", "failed"):
                     self.metrics.write(stage.name, item.key, status, sample, record)
                 self._finished_one(stage, counts=status in ("done", "failed", "skipped_existing"))
@@ -381,7 +380,8 @@ class Engine:
             return "released", {}  # another host failed it a moment ago
         if item.done():
             self.store.commit(claim, lambda: None, skipped=True)
-            stats.skipped += 1
+            with self._cond:
+                stats.skipped += 1
             self.log.info("skipped_existing")
             return "skipped_existing", {}
         if broken >= self.retry.max_attempts:
@@ -418,7 +418,8 @@ class Engine:
                 self.log.error("item_error", error=reason, traceback=traceback.format_exc())
             else:
                 seconds = round(time.monotonic() - started, 3)
-                stats.done += 1
+                with self._cond:
+                    stats.done += 1
                 self.log.info("item_done", seconds=seconds, **record)
                 self.on_event("item_done", {"stage": stage.name, "item": item.key, **record})
                 return "done", {"seconds": seconds, **record}
@@ -440,7 +441,8 @@ class Engine:
             "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
         record_failure(self.failed_dir, stage.name, item.key, record)
-        self.stats[stage.name].failed += 1
+        with self._cond:
+            self.stats[stage.name].failed += 1
         self.log.error("item_failed", reason=reason, attempts=attempts)
         self.on_event("item_failed", record)
         return "failed"

@@ -73,11 +73,17 @@ def plan_for(data: bytes, name: str, exp: Expansion) -> tuple[list[PlannedItem],
     return items, []
 
 
-def _move_unique(src: Path, folder: Path) -> Path | None:
-    """Rename `src` into `folder` under a name not taken yet; None if another host won."""
+def _move_unique(src: Path, folder: Path, avoid: tuple[Path, ...] = ()) -> Path | None:
+    """Rename `src` into `folder` under a name not taken yet; None if another host won.
+
+    Names also taken in `avoid` are skipped, so a batch keeps one name from accepted/ to
+    done/ (failure records and `emif retry` refer to it).
+    """
     stem, suffix = src.stem, src.suffix
     for n in range(1, 1000):
         target = folder / (src.name if n == 1 else f"{stem}-{n}{suffix}")
+        if any((other / target.name).exists() for other in avoid):
+            continue
         try:
             rename_noreplace(src, target)
             return target
@@ -116,7 +122,7 @@ class Inbox:
             )
             self.on_event("prompts_rejected", {"file": path.name, "problems": problems})
             return
-        target = _move_unique(path, self.layout.accepted)
+        target = _move_unique(path, self.layout.accepted, avoid=(self.layout.done,))
         if target is None:
             return
         sha = hashlib.sha256(data).hexdigest()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 STAGES = ("generate", "upscale", "segment")
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")
@@ -101,14 +101,17 @@ def is_input_png(name: str) -> bool:
     return not is_ignored(name) and name.lower().endswith(".png")
 
 
-def upscale_output(rel: PurePosixPath) -> PurePosixPath:
-    """GENERATIONS/<dirs>/<stem>.png → UPSCALED_IMAGES/<dirs>/<stem>_upscaled_1.png."""
-    return rel.with_name(f"{rel.stem}{UPSCALED_SUFFIX}.png")
+def upscale_output(rel: str) -> str:
+    """GENERATIONS/<dirs>/<stem>.png → UPSCALED_IMAGES/<dirs>/<stem>_upscaled_1.png.
+
+    Plain string work on relative POSIX paths: it runs for every image on each scan.
+    """
+    return f"{rel.rpartition('.')[0]}{UPSCALED_SUFFIX}.png"
 
 
-def segment_output(rel: PurePosixPath) -> PurePosixPath:
+def segment_output(rel: str) -> str:
     """UPSCALED_IMAGES/<dirs>/<stem>.png → SEGMENTS/<dirs>/<stem>/ (a folder)."""
-    return rel.with_name(rel.stem)
+    return rel.rpartition(".")[0]
 
 
 def name_problem(name: object) -> str | None:

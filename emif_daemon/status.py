@@ -12,7 +12,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from .claims import CLAIM_SUFFIX, ClaimState, read_claim
@@ -58,10 +58,16 @@ def _failed_keys(layout: Layout, stage: str) -> set[str]:
 
 
 def _claims_of(layout: Layout, stage: str, keys: list[str]) -> dict[str, dict | None]:
-    """Working claims among `keys` (items not done), with owner and mtime."""
+    """Working claims among `keys` (items not done), with owner and mtime.
+
+    One listing of the claims tree instead of a stat per unfinished item.
+    """
+    folder = layout.claims / stage
+    listed = TreeScanner(folder, want=lambda n: n.endswith(CLAIM_SUFFIX)).scan()
+    claimed = {rel.removesuffix(CLAIM_SUFFIX) for rel in listed}
     found: dict[str, dict | None] = {}
-    for key in keys:
-        path = layout.claims / stage / (key + CLAIM_SUFFIX)
+    for key in claimed.intersection(keys):
+        path = folder / (key + CLAIM_SUFFIX)
         try:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
@@ -87,10 +93,10 @@ def _stage_inputs(layout: Layout, stage: str) -> tuple[dict[str, str], set[str]]
         return inputs, complete
     if stage == "upscale":
         rels = TreeScanner(layout.generations, want=is_input_png).scan()
-        inputs = {rel: str(upscale_output(PurePosixPath(rel))) for rel in rels}
+        inputs = {rel: upscale_output(rel) for rel in rels}
         return inputs, TreeScanner(layout.upscaled, want=is_input_png).scan()
     rels = TreeScanner(layout.upscaled, want=is_input_png).scan()
-    inputs = {rel: str(segment_output(PurePosixPath(rel))) for rel in rels}
+    inputs = {rel: segment_output(rel) for rel in rels}
     expected = set(inputs.values())
     outs = TreeScanner(layout.segments, want=lambda _n: False, report_dirs=True).scan(
         descend=lambda rel: rel not in expected

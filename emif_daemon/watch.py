@@ -46,13 +46,18 @@ class TreeScanner:
     version: int = 0  # bumped whenever the result changes
     _seen: set[str] = field(default_factory=set)
     _found: set[str] = field(default_factory=set)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def scan(self, descend: Callable[[str], bool] | None = None) -> set[str]:
         """Wanted paths under `top`; folders for which `descend` is False are not entered.
 
         When no folder changed since the last scan, `version` stays the same, so callers
-        can skip their own work.
+        can skip their own work. Safe to call from several workers of one stage.
         """
+        with self._lock:
+            return self._scan(descend)
+
+    def _scan(self, descend: Callable[[str], bool] | None) -> set[str]:
         try:
             self.stat(self.top)
         except FileNotFoundError:

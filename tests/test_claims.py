@@ -154,3 +154,24 @@ def test_claim_of_a_dead_process_on_this_host_is_broken_without_waiting(root: Pa
     broken = s.break_stale("toy", "item")
     assert broken is not None
     assert broken["pid"] == 2**22 + 7
+
+
+def test_a_heartbeat_after_commit_never_writes_to_a_reused_descriptor(root: Path) -> None:
+    """The heartbeat thread works from a snapshot of held claims; a claim committed in the
+    meantime has closed its fd, and the number goes to the next file opened."""
+    s = store(root)
+    claim = s.try_claim("toy", "item")
+    assert claim is not None
+    assert s.commit(claim, lambda: None)
+    other = root / "other.png"
+    fd = os.open(other, os.O_RDWR | os.O_CREAT)
+    try:
+        os.write(fd, b"image bytes")
+        assert not s.heartbeat(claim)
+        s.release(claim)
+    finally:
+        os.close(fd)
+    assert other.read_bytes() == b"image bytes"
+    content = read_claim(s.path("toy", "item"))
+    assert content is not None
+    assert content["state"] == "done"

@@ -300,3 +300,23 @@ def test_shipped_payloads_are_accepted_by_the_server_they_are_for(
         ups = sorted((root / "UPSCALED_IMAGES").rglob("*.png"))
         assert len(ups) == 2
         assert ups[0].read_bytes()[16:24] == (2048).to_bytes(4, "big") * 2
+
+
+def test_retry_returns_the_right_file_when_a_name_was_used_before(
+    root: Path, sdapi: sdapi_server.SdapiHTTPServer
+) -> None:
+    """A batch keeps one name from accepted/ to done/, so retry finds the right one."""
+    cfg = pipeline_config(root, sdapi.url, upscale=False)
+    (root / "queue").mkdir()
+    first = {"jobs": [{"nation": "N", "category": "c", "prompt": "p", "count": 1}]}
+    (root / "queue" / "p.json").write_text(json.dumps(first))
+    assert run_emif("run", "--once", "--config", str(cfg)).returncode == 0
+    second = {"jobs": [{"nation": "M", "category": "c", "prompt": "p", "payload": {"x": 1}}]}
+    (root / "queue" / "p.json").write_text(json.dumps(second))
+    assert run_emif("run", "--once", "--config", str(cfg)).returncode == 1
+    done = root / "queue" / "done"
+    assert json.loads((done / "p.json").read_text()) == first
+    assert json.loads((done / "p-2.json").read_text()) == second
+    assert run_emif("retry", "--config", str(cfg)).returncode == 0
+    assert (root / "queue" / "accepted" / "p-2.json").exists()
+    assert (done / "p.json").exists()

@@ -6,7 +6,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..engine import Discovery, Item
@@ -92,7 +92,7 @@ class PngTreeDiscovery:
         *,
         inputs: Path,
         outputs: Path,
-        output_of: Callable[[PurePosixPath], PurePosixPath],
+        output_of: Callable[[str], str],
         outputs_are_dirs: bool = False,
     ) -> None:
         self.rt = rt
@@ -109,13 +109,14 @@ class PngTreeDiscovery:
         self._wanted: dict[str, str] = {}
         self._expected: set[str] = set()
         self._todo: list[str] = []
+        self._lock = threading.Lock()
 
     def _pending(self) -> list[str]:
         """Inputs whose output is missing; recomputed only when a folder changed, so a
         rescan of 100 000 finished images costs a stat per folder and nothing more."""
         rels = self.in_scan.scan()
         if self.in_scan.version != self._last[0]:
-            self._wanted = {rel: str(self.output_of(PurePosixPath(rel))) for rel in rels}
+            self._wanted = {rel: self.output_of(rel) for rel in rels}
             self._expected = set(self._wanted.values())
         expected = self._expected
         done = self.out_scan.scan(descend=lambda rel: rel not in expected)
@@ -126,7 +127,8 @@ class PngTreeDiscovery:
         return self._todo
 
     def discover(self) -> Discovery:
-        todo = self._pending()
+        with self._lock:  # a stage's workers share this discovery
+            todo = self._pending()
         found = Discovery()
         if not todo:
             return found
