@@ -29,6 +29,10 @@ from .watch import Hints, Settler
 
 ORPHAN_MAX_AGE_S = 6 * 3600
 EXIT_USAGE = 2
+NO_STAGES_HINT = (
+    "every requested stage is disabled: set generate/upscale/segment.enabled in the "
+    "config, or name enabled ones in --stages"
+)
 
 
 def host_id(cfg: Config) -> str:
@@ -86,15 +90,7 @@ def run_daemon(
 ) -> int:
     """Run until SIGTERM/SIGINT (or, with `once`, until drained); returns the exit code."""
     log = get_logger()
-    notifier = None
-    if cfg.notify.webhook_url or cfg.notify.macos_banner:
-        notifier = Notifier(
-            webhook_url=cfg.notify.webhook_url,
-            host=host_id(cfg),
-            root=str(cfg.paths.root),
-            banner=cfg.notify.macos_banner,
-            max_retries=cfg.notify.max_retries,
-        )
+    notifier = _notifier(cfg)
     listeners = [f for f in (on_event, notifier) if f is not None]
 
     def publish(event: str, data: dict[str, Any]) -> None:
@@ -102,15 +98,58 @@ def run_daemon(
             listener(event, data)
 
     rt = make_runtime(cfg, publish)
-    names = enabled_stages(cfg, stage_names)
-    stages = stage_factory(rt) if stage_factory else build_stages(rt, names)
+    stages = (
+        stage_factory(rt) if stage_factory else build_stages(rt, enabled_stages(cfg, stage_names))
+    )
     if not stages:
-        log.error(
-            "no_stages",
-            hint="every requested stage is disabled: set generate/upscale/segment.enabled "
-            "in the config, or name enabled ones in --stages",
-        )
+        log.error("no_stages", hint=NO_STAGES_HINT)
         return EXIT_USAGE
+    sweep = _sweeper(rt)
+    sweep()
+    engine = _engine(cfg, rt, stages, once=once, sweep=sweep, may_claim=may_claim)
+    hints = _hints(cfg, rt, engine)
+    previous = _install_signals(engine)
+    log.info(
+        "daemon_started",
+        version=__version__,
+        config=config_path,
+        root=str(rt.layout.root),
+        stages=[s.name for s in stages],
+        once=once,
+        pid=os.getpid(),
+    )
+    progress = TerminalProgress(lambda: engine.stats) if bars else None
+    if progress is not None:
+        progress.start()
+    try:
+        code = engine.run()
+    finally:
+        # After the engine: bars drawn last, queued notifications flushed, watchers stopped.
+        if progress is not None:
+            progress.stop()
+        if notifier is not None:
+            notifier.close()
+        hints.stop()
+        _restore_signals(previous)
+    log.info("daemon_stopped", exit_code=code)
+    return code
+
+
+def _notifier(cfg: Config) -> Notifier | None:
+    if not (cfg.notify.webhook_url or cfg.notify.macos_banner):
+        return None
+    return Notifier(
+        webhook_url=cfg.notify.webhook_url,
+        host=host_id(cfg),
+        root=str(cfg.paths.root),
+        banner=cfg.notify.macos_banner,
+        max_retries=cfg.notify.max_retries,
+    )
+
+
+def _sweeper(rt: Runtime) -> Callable[[], None]:
+    """Removes temp files of dead writers anywhere under the root, logging each."""
+    log = get_logger()
 
     def sweep() -> None:
         removed = clean_orphans(
@@ -123,8 +162,19 @@ def run_daemon(
         for path in removed:
             log.info("orphan_removed", path=str(path))
 
-    sweep()
-    engine = Engine(
+    return sweep
+
+
+def _engine(
+    cfg: Config,
+    rt: Runtime,
+    stages: list[Stage],
+    *,
+    once: bool,
+    sweep: Callable[[], None],
+    may_claim: Callable[[], bool] | None,
+) -> Engine:
+    return Engine(
         stages=stages,
         store=rt.store,
         failed_dir=rt.layout.failed,
@@ -145,41 +195,22 @@ def run_daemon(
         progress_s=cfg.logging.progress_s,
         on_busy=SleepGuard(cfg.macos.prevent_sleep).busy,
     )
+
+
+def _hints(cfg: Config, rt: Runtime, engine: Engine) -> Hints:
+    """File events on each stage's input folder wake that stage (watch.mode = "auto")."""
     hints = Hints(rt.settler)
-    if cfg.watch.mode == "auto":
-        for stage in stages:
-            folder = {"generate": rt.layout.queue, "upscale": rt.layout.generations}.get(
-                stage.name, rt.layout.upscaled if stage.name == "segment" else None
-            )
-            if folder is not None:
-                hints.route(folder, engine.wake[stage.name])
-        why = hints.start()
-        if why:
-            log.warning("file_events_unavailable", reason=why, fallback="rescans only")
-    previous = _install_signals(engine)
-    log.info(
-        "daemon_started",
-        version=__version__,
-        config=config_path,
-        root=str(rt.layout.root),
-        stages=[s.name for s in stages],
-        once=once,
-        pid=psutil.Process().pid,
-    )
-    progress = TerminalProgress(lambda: engine.stats) if bars else None
-    if progress is not None:
-        progress.start()
-    try:
-        code = engine.run()
-    finally:
-        if progress is not None:
-            progress.stop()
-        if notifier is not None:
-            notifier.close()
-        hints.stop()
-        _restore_signals(previous)
-    log.info("daemon_stopped", exit_code=code)
-    return code
+    if cfg.watch.mode != "auto":
+        return hints
+    inputs = {"generate": rt.layout.queue, "upscale": rt.layout.generations}
+    inputs["segment"] = rt.layout.upscaled
+    for stage in engine.stages:
+        if stage.name in inputs:
+            hints.route(inputs[stage.name], engine.wake[stage.name])
+    why = hints.start()
+    if why:
+        get_logger().warning("file_events_unavailable", reason=why, fallback="rescans only")
+    return hints
 
 
 def write_host_report(rt: Runtime, state: dict[str, Any]) -> None:

@@ -118,3 +118,23 @@ def test_missing_config_file_is_named(tmp_path: Path) -> None:
     result = run_emif("run", "--config", str(tmp_path / "nope.toml"))
     assert result.returncode == 2
     assert "nope.toml" in result.stderr
+
+
+def test_no_enabled_stage_is_a_usage_error(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        f'[paths]\nroot = "{tmp_path / "root"}"\n'
+        "[generate]\nenabled = false\n[upscale]\nenabled = false\n[segment]\nenabled = false\n"
+    )
+    result = run_emif("run", "--once", "--config", str(path))
+    assert result.returncode == 2
+    assert "no_stages" in result.stderr
+    assert "enabled" in result.stderr
+
+
+def test_a_root_whose_share_is_not_mounted_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f'[paths]\nroot = "{tmp_path / "Volumes" / "share" / "pipeline"}"\n')
+    result = run_emif("run", "--once", "--config", str(path))
+    assert result.returncode == 2
+    assert "is the share mounted?" in result.stderr
