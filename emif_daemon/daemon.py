@@ -118,6 +118,10 @@ def run_daemon(
         once=once,
         pid=os.getpid(),
     )
+    if not stage_factory:
+        from .stages.common import probe_servers  # noqa: PLC0415
+
+        probe_servers(rt)
     progress = TerminalProgress(lambda: engine.stats) if bars else None
     if progress is not None:
         progress.start()

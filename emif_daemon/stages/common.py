@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 import time
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..engine import Discovery, Item
-from ..errors import PermanentItemError
+from ..errors import PermanentItemError, ServerUnavailable
 from ..files import atomic_write_json, png_problem, publish_new
 from ..layout import is_input_png
 from ..sdapi import Server
@@ -35,6 +36,21 @@ def server_for(rt: Runtime, url: str) -> Server:
                 slots=rt.cfg.server.max_concurrent,
             )
         return _servers[key]
+
+
+def probe_servers(rt: Runtime) -> None:
+    """Ask each server what it is once at start-up, in the background, so a user who has
+    not turned on Draw Things' API server reads `server_unreachable` at once, not only
+    when the first prompts file arrives."""
+
+    def probe(server: Server) -> None:
+        with contextlib.suppress(ServerUnavailable):
+            server.probe()
+
+    with _servers_lock:
+        mine = [srv for key, srv in _servers.items() if key.startswith(f"{id(rt)}:")]
+    for server in mine:
+        threading.Thread(target=probe, args=(server,), name="probe", daemon=True).start()
 
 
 def utc_iso(t: float | None = None) -> str:
