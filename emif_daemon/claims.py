@@ -25,7 +25,7 @@ from typing import Any
 
 import psutil
 
-from .files import atomic_write_json, fsync_dir, rename_noreplace
+from .files import fsync_dir, rename_noreplace
 
 CLAIM_SUFFIX = ".claim"
 PROBE_REUSE_S = 1.0
@@ -293,10 +293,3 @@ def forget_broken(broken_dir: Path, stage: str, item: str) -> None:
         for entry in os.scandir(folder):
             if entry.name.startswith(prefix):
                 Path(entry.path).unlink(missing_ok=True)
-
-
-def record_failure(failed_dir: Path, stage: str, item: str, record: dict[str, Any]) -> Path:
-    """`.emif/failed/<stage>/<item>.json`: the item is skipped until `emif retry`."""
-    path = failed_dir / stage / (item + ".json")
-    atomic_write_json(path, record)
-    return path

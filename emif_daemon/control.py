@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from .claims import forget_broken
+from .failures import FailureLog
 from .files import atomic_write_json, rename_noreplace
 from .layout import STAGES, Layout
 from .logs import get_logger
@@ -23,24 +23,16 @@ def retry_failed(layout: Layout, stage: str | None = None) -> dict[str, int]:
     """
     counts: dict[str, int] = {}
     for name in [stage] if stage else list(STAGES):
-        top = layout.failed / name
-        counts[name] = 0
-        for dirpath, _dirs, files in os.walk(top):
-            for fname in files:
-                if not fname.endswith(".json") or fname.startswith("."):
-                    continue
-                path = Path(dirpath) / fname
-                key = path.relative_to(top).as_posix().removesuffix(".json")
-                record: dict[str, Any] = {}
-                with contextlib.suppress(OSError, ValueError):
-                    record = json.loads(path.read_bytes())
-                forget_broken(layout.state / "broken", name, key)
-                batch = record.get("batch") if isinstance(record, dict) else None
-                if batch:
-                    with contextlib.suppress(FileNotFoundError, FileExistsError):
-                        rename_noreplace(layout.done / batch, layout.accepted / batch)
-                path.unlink(missing_ok=True)
-                counts[name] += 1
+        log = FailureLog(layout.failed, name)
+        keys = log.keys()
+        for key in keys:
+            batch = log.read(key).get("batch")
+            forget_broken(layout.state / "broken", name, key)
+            if batch:
+                with contextlib.suppress(FileNotFoundError, FileExistsError):
+                    rename_noreplace(layout.done / batch, layout.accepted / batch)
+            log.forget(key)
+        counts[name] = len(keys)
     return counts
 
 

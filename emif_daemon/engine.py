@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from .claims import Claim, ClaimStore, record_failure
+from .claims import Claim, ClaimStore
 from .errors import (
     ClaimLost,
     PermanentItemError,
@@ -27,10 +27,11 @@ from .errors import (
     StageUnavailable,
     TransientError,
 )
+from .failures import FailureLog
 from .logs import get_logger
 from .metrics import MetricsWriter, ResourceSample
 from .retry import RetryPolicy
-from .watch import ShareUnavailable, TreeScanner
+from .watch import ShareUnavailable
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -143,7 +144,6 @@ class Engine:
     ) -> None:
         self.stages = stages
         self.store = store
-        self.failed_dir = failed_dir
         self.retry = retry
         self.rescan_s = rescan_s
         self.heartbeat_s = heartbeat_s
@@ -163,10 +163,7 @@ class Engine:
         self.stats = {s.name: StageStats() for s in stages}
         self.unavailable: dict[str, str] = {}
         self.log = get_logger()
-        self._failed_scanners = {
-            s.name: TreeScanner(failed_dir / s.name, want=lambda n: n.endswith(".json"))
-            for s in stages
-        }
+        self.failures = {s.name: FailureLog(failed_dir, s.name) for s in stages}
         self._cond = threading.Condition()
         self._activity = 0
         self._idle_at: dict[str, int] = {}
@@ -196,7 +193,7 @@ class Engine:
         if not self.once:
             return EXIT_OK  # stopped on request: a clean exit (launchd must not restart it)
         # Failed items stay failed until `emif retry`, so earlier runs' failures count too.
-        failed = any(self._failed_keys(s) for s in self.stages)
+        failed = any(log.keys() for log in self.failures.values())
         return EXIT_FAILED if failed or self.unavailable else EXIT_OK
 
     def request_stop(self) -> None:
@@ -292,9 +289,6 @@ class Engine:
         for wake in self.wake.values():  # downstream stages may have new inputs
             wake.set()
 
-    def _failed_keys(self, stage: Stage) -> set[str]:
-        return {rel[: -len(".json")] for rel in self._failed_scanners[stage.name].scan()}
-
     def _round(self, stage: Stage) -> str:
         """One discovery and a pass over it: 'worked', 'blocked' (others hold items, or we
         are paused), 'idle'."""
@@ -303,7 +297,7 @@ class Engine:
         try:
             started = time.monotonic()
             found = stage.discover()
-            failed = self._failed_keys(stage)
+            failed = self.failures[stage.name].keys()
             if stage.name not in self._scanned:
                 self._scanned.add(stage.name)
                 self.log.info(
@@ -376,7 +370,7 @@ class Engine:
         stats = self.stats[stage.name]
         broken = self.store.broken_count(stage.name, item.key)
         self.log.info("item_claimed", attempt=broken + 1)
-        if (self.failed_dir / stage.name / (item.key + ".json")).exists():
+        if self.failures[stage.name].has(item.key):
             return "released", {}  # another host failed it a moment ago
         if item.done():
             self.store.commit(claim, lambda: None, skipped=True)
@@ -440,7 +434,7 @@ class Engine:
             "batch": item.batch,
             "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        record_failure(self.failed_dir, stage.name, item.key, record)
+        self.failures[stage.name].record(item.key, record)
         with self._cond:
             self.stats[stage.name].failed += 1
         self.log.error("item_failed", reason=reason, attempts=attempts)

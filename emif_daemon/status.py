@@ -17,6 +17,7 @@ from typing import Any
 
 from .claims import CLAIM_SUFFIX, ClaimState, read_claim
 from .control import paused
+from .failures import FailureLog
 from .inbox import read_plans
 from .layout import STAGES, Layout, is_ignored, is_input_png, segment_output, upscale_output
 from .metrics import read_rows
@@ -50,11 +51,6 @@ def classify(
         else:
             counts.pending += 1
     return counts
-
-
-def _failed_keys(layout: Layout, stage: str) -> set[str]:
-    scan = TreeScanner(layout.failed / stage, want=lambda n: n.endswith(".json"))
-    return {rel.removesuffix(".json") for rel in scan.scan()}
 
 
 def _claims_of(layout: Layout, stage: str, keys: list[str]) -> dict[str, dict | None]:
@@ -106,7 +102,7 @@ def _stage_inputs(layout: Layout, stage: str) -> tuple[dict[str, str], set[str]]
 
 def stage_counts(layout: Layout, stage: str, server_now: float, lease_s: float) -> StageCounts:
     inputs, outputs = _stage_inputs(layout, stage)
-    failed = _failed_keys(layout, stage)
+    failed = FailureLog(layout.failed, stage).keys()
     unfinished = [k for k, out in inputs.items() if out not in outputs and k not in failed]
     claims = _claims_of(layout, stage, unfinished)
     counts = classify(inputs, outputs, failed, claims)

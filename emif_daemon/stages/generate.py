@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
 from ..engine import Discovery, Item, StageBase, Work
 from ..errors import TransientError
+from ..failures import FailureLog
 from ..files import png_problem
 from ..inbox import Expansion, Inbox, queued_files
 from ..layout import is_input_png
@@ -64,7 +64,7 @@ class GenerateStage(StageBase):
             rt.on_event,
         )
         self.outputs = TreeScanner(rt.layout.generations, want=is_input_png)
-        self.failed = TreeScanner(rt.layout.failed / self.name, want=lambda n: n.endswith(".json"))
+        self.failures = FailureLog(rt.layout.failed, self.name)
 
     def wait_available(self, stop: threading.Event) -> None:
         self.server.wait_until_up(stop)
@@ -83,7 +83,7 @@ class GenerateStage(StageBase):
         if not batches:
             return found
         done = self.outputs.scan()
-        failed = {rel.removesuffix(".json") for rel in self.failed.scan()}
+        failed = self.failures.keys()
         gens = self.rt.layout.generations
         for batch in batches:
             todo = [i for i in batch.items if not all(n in done for n in i.output_names())]
@@ -95,7 +95,10 @@ class GenerateStage(StageBase):
                         "items": len(batch.items),
                         "done": len(batch.items) - len(todo),
                         "failed": len(todo),
-                        "failures": [self._failure(i.key) for i in todo],
+                        "failures": [
+                            {"item": i.key, "reason": self.failures.read(i.key).get("reason")}
+                            for i in todo
+                        ],
                     },
                 )
                 continue
@@ -103,14 +106,6 @@ class GenerateStage(StageBase):
                 outputs = tuple(gens / n for n in planned.output_names())
                 found.items.append(Item(planned.key, outputs, data=planned, batch=batch.name))
         return found
-
-    def _failure(self, key: str) -> dict[str, Any]:
-        path = self.rt.layout.failed / self.name / (key + ".json")
-        try:
-            reason = json.loads(path.read_bytes()).get("reason")
-        except (OSError, ValueError, AttributeError):
-            reason = None
-        return {"item": key, "reason": reason}
 
     def run(self, item: Item, work: Work) -> dict[str, Any]:
         planned: PlannedItem = item.data
