@@ -7,8 +7,8 @@ import signal
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import psutil
 
@@ -26,6 +26,9 @@ from .power import SleepGuard
 from .progress import TerminalProgress
 from .retry import RetryPolicy
 from .watch import Hints, Settler
+
+if TYPE_CHECKING:
+    from .sdapi import Server
 
 ORPHAN_MAX_AGE_S = 6 * 3600
 EXIT_USAGE = 2
@@ -49,6 +52,7 @@ class Runtime:
     store: ClaimStore
     settler: Settler
     on_event: Callable[[str, dict[str, Any]], None]
+    servers: dict[str, Server] = field(default_factory=dict)  # by URL, shared by stages
 
 
 def make_runtime(cfg: Config, on_event: Callable[[str, dict[str, Any]], None]) -> Runtime:
@@ -118,10 +122,9 @@ def run_daemon(
         once=once,
         pid=os.getpid(),
     )
-    if not stage_factory:
-        from .stages.common import probe_servers  # noqa: PLC0415
+    from .stages.common import probe_servers  # noqa: PLC0415 - stages pull in HTTP code
 
-        probe_servers(rt)
+    probe_servers(rt)
     progress = TerminalProgress(lambda: engine.stats) if bars else None
     if progress is not None:
         progress.start()

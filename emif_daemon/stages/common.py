@@ -20,22 +20,20 @@ from ..watch import TreeScanner
 if TYPE_CHECKING:
     from ..daemon import Runtime
 
-_servers: dict[str, Server] = {}
-_servers_lock = threading.Lock()
-
 
 def server_for(rt: Runtime, url: str) -> Server:
-    """One Server per URL in this process, so stages share its limiter and outage log."""
-    with _servers_lock:
-        key = f"{id(rt)}:{url}"
-        if key not in _servers:
-            _servers[key] = Server(
-                url,
-                connect_timeout=rt.cfg.server.connect_timeout_s,
-                read_timeout=rt.cfg.server.read_timeout_s,
-                slots=rt.cfg.server.max_concurrent,
-            )
-        return _servers[key]
+    """One Server per URL and daemon, so stages share its limiter and outage log.
+
+    Stages are built one after the other on one thread, so no lock is needed here.
+    """
+    if url not in rt.servers:
+        rt.servers[url] = Server(
+            url,
+            connect_timeout=rt.cfg.server.connect_timeout_s,
+            read_timeout=rt.cfg.server.read_timeout_s,
+            slots=rt.cfg.server.max_concurrent,
+        )
+    return rt.servers[url]
 
 
 def probe_servers(rt: Runtime) -> None:
@@ -47,9 +45,7 @@ def probe_servers(rt: Runtime) -> None:
         with contextlib.suppress(ServerUnavailable):
             server.probe()
 
-    with _servers_lock:
-        mine = [srv for key, srv in _servers.items() if key.startswith(f"{id(rt)}:")]
-    for server in mine:
+    for server in rt.servers.values():
         threading.Thread(target=probe, args=(server,), name="probe", daemon=True).start()
 
 
