@@ -1,4 +1,4 @@
-"""The team's original way, rebuilt from SPEC §1/§4 for comparison: two hand-started
+"""The team's original way, rebuilt for comparison: two hand-started
 sequential scripts. Generate: one request, decode the base64 into a Pillow image, save it
 (re-encoding the PNG), re-open it to log its size, next. Upscale, afterwards: for each
 file, open it, re-encode it for every pass, decode each answer, save, re-open, log.

@@ -1,4 +1,4 @@
-"""Daemon CPU per image vs the original scripts' (SPEC §10: at least 10× less).
+"""Daemon CPU per image vs the original scripts' (target: at least 10× less).
 
 Both get the same real-size answers from a loopback server with no service time; the
 CPU seconds are the whole client process's (its rusage), the server's are excluded.

@@ -1,4 +1,4 @@
-"""A large root: 100 000 images under GENERATIONS/, all already upscaled (SPEC §10).
+"""A large root: 100 000 images under GENERATIONS/, all already upscaled.
 
 Measures the daemon's first discovery (< 5 s), `emif status` (< 2 s), idle CPU over 60 s
 of `emif run` (< 1 % of a core) and its RSS without the segment model (< 200 MB).

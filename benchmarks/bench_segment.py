@@ -1,4 +1,4 @@
-"""Segment stage vs SamAutomaticMaskGenerator run naively on the 2048² image (SPEC §10).
+"""Segment stage vs SamAutomaticMaskGenerator run naively on the 2048² image.
 
 Same model (vit_b architecture, random weights: Meta's cannot be downloaded here), same
 settings, same image. Prints seconds for each path, the ratio, and how well the masks

@@ -1,4 +1,4 @@
-"""Is the server ever waiting for us? (SPEC §10: busy ≥ 98 % of the wall time.)
+"""Is the server ever waiting for us? (target: busy ≥ 98 % of the wall time.)
 
 A loopback sdapi server with a fixed service time answers real-size PNGs (1024² for
 txt2img, 2048² for the upscale passes). 50 images go through generate and two upscale

@@ -1,4 +1,4 @@
-"""Exactly-once work on a shared folder (SPEC §5).
+"""Exactly-once work on a shared folder (docs/protocol.md#claims).
 
 A claim is a file the file server creates atomically with O_CREAT|O_EXCL; whoever fails to
 create it does not touch the item. The owner keeps the claim open and rewrites it in place
@@ -23,12 +23,11 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-import psutil
-
+from .clock import ServerClock
 from .files import fsync_dir, rename_noreplace
+from .identity import HostIdentity
 
 CLAIM_SUFFIX = ".claim"
-PROBE_REUSE_S = 1.0
 
 
 class ClaimState(StrEnum):
@@ -52,16 +51,6 @@ class Claim:
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
-def _process_start(pid: int) -> float | None:
-    try:
-        return psutil.Process(pid).create_time()
-    except (psutil.NoSuchProcess, psutil.AccessDenied, ValueError):
-        return None
-
-
-_OWN_START = _process_start(os.getpid())
-
-
 def read_claim(path: Path) -> dict[str, Any] | None:
     """The claim's content, or None if it is missing or cannot be parsed (treated as fresh)."""
     try:
@@ -71,20 +60,6 @@ def read_claim(path: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def owner_is_dead_here(content: dict[str, Any], host: str) -> bool:
-    """True when the claim was made on this host by a process that no longer exists.
-
-    The process start time guards against a reused pid.
-    """
-    if content.get("host") != host or not isinstance(content.get("pid"), int):
-        return False
-    start = _process_start(content["pid"])
-    recorded = content.get("pid_start")
-    if start is None:
-        return True
-    return isinstance(recorded, int | float) and abs(start - recorded) > 1.0
-
-
 class ClaimStore:
     """Claims of one host on one root; thread-safe."""
 
@@ -92,23 +67,24 @@ class ClaimStore:
         self,
         claims_dir: Path,
         broken_dir: Path,
-        clock_dir: Path,
+        clock: ServerClock,
         *,
-        host: str,
+        identity: HostIdentity,
         lease_s: float,
-        clock: Callable[[], float] = time.time,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.claims_dir = claims_dir
         self.broken_dir = broken_dir
-        self.clock_dir = clock_dir
-        self.host = host
+        self.clock = clock
+        self.identity = identity
         self.lease_s = lease_s
-        self.clock = clock  # only for the human-readable times in claims, never for decisions
+        self.wall = wall  # only for the human-readable times in claims, never for decisions
         self._held: dict[Path, Claim] = {}
         self._mutex = threading.Lock()
-        self._probe_fd: int | None = None
-        self._probed = 0.0
-        self._probed_at = -PROBE_REUSE_S
+
+    @property
+    def host(self) -> str:
+        return self.identity.host
 
     # -- paths -------------------------------------------------------------------------
     def path(self, stage: str, item: str) -> Path:
@@ -118,40 +94,14 @@ class ClaimStore:
         with self._mutex:
             return list(self._held.values())
 
-    # -- the file server's clock ---------------------------------------------------------
-    def server_now(self) -> float:
-        """The file server's current time: the mtime of a file we just wrote there.
-
-        Ages are measured against this, never the local clock, so skew between Macs does
-        not matter.
-        """
-        with self._mutex:
-            elapsed = time.monotonic() - self._probed_at
-            if elapsed < PROBE_REUSE_S:  # one write per second is plenty against a lease
-                return self._probed + elapsed
-            if self._probe_fd is None:
-                self.clock_dir.mkdir(parents=True, exist_ok=True)
-                probe = self.clock_dir / f"{self.host}.{os.getpid()}"
-                self._probe_fd = os.open(probe, os.O_RDWR | os.O_CREAT, 0o644)
-            os.pwrite(self._probe_fd, b"x", 0)
-            os.fsync(self._probe_fd)
-            self._probed = os.fstat(self._probe_fd).st_mtime
-            self._probed_at = time.monotonic()
-            return self._probed
-
-    def close(self) -> None:
-        if self._probe_fd is not None:
-            probe = self.clock_dir / f"{self.host}.{os.getpid()}"
-            os.close(self._probe_fd)
-            self._probe_fd = None
-            probe.unlink(missing_ok=True)
-
     # -- claim, heartbeat, commit, release ------------------------------------------------
     def _content(self, claim: Claim, state: ClaimState, **extra: Any) -> bytes:
+        me = self.identity
         doc = {
-            "host": self.host,
-            "pid": os.getpid(),
-            "pid_start": _OWN_START,
+            "host": me.host,
+            "machine": me.machine,
+            "pid": me.pid,
+            "pid_start": me.pid_start,
             "token": claim.token,
             "stage": claim.stage,
             "item": claim.item,
@@ -169,9 +119,17 @@ class ClaimStore:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return None
-        claim = Claim(stage, item, path, secrets.token_hex(8), fd, self.clock())
-        os.write(fd, self._content(claim, ClaimState.WORKING))
-        os.fsync(fd)
+        claim = Claim(stage, item, path, secrets.token_hex(8), fd, self.wall())
+        try:
+            os.write(fd, self._content(claim, ClaimState.WORKING))
+            os.fsync(fd)
+        except BaseException:
+            # A disk that filled up between create and write: leave no empty claim behind,
+            # it would block the item until someone breaks it.
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
         with self._mutex:
             self._held[path] = claim
         return claim
@@ -205,7 +163,7 @@ class ClaimStore:
                 claim.lost = claim.lost or not claim.abandoned
                 return False
             publish()
-            data = self._content(claim, ClaimState.DONE, finished=self.clock(), **record)
+            data = self._content(claim, ClaimState.DONE, finished=self.wall(), **record)
             # Rewritten in place (truncate, write, fsync): never removed or replaced.
             os.ftruncate(claim.fd, 0)
             os.pwrite(claim.fd, data, 0)
@@ -242,23 +200,34 @@ class ClaimStore:
         content = read_claim(path)
         if content is None or content.get("state") != ClaimState.WORKING:
             return None  # done, or unparseable (maybe being written): never broken
-        if owner_is_dead_here(content, self.host):
+        if self._owner_gone(content):
             return "owner process is gone"
         if now - mtime > self.lease_s:
             return f"no heartbeat for {now - mtime:.0f} s (lease {self.lease_s:g} s)"
         return None
 
+    def _owner_gone(self, content: dict[str, Any]) -> bool:
+        """The owner's process is known gone: only decidable on the owner's own machine.
+
+        Claims written before the machine tag existed carry only a host name; for them the
+        host name stands in for the machine.
+        """
+        machine = content.get("machine")
+        if machine is None and content.get("host") == self.host:
+            machine = self.identity.machine
+        return self.identity.process_gone(machine, content.get("pid"), content.get("pid_start"))
+
     def break_stale(self, stage: str, item: str) -> dict[str, Any] | None:
         """Break a stale claim; returns the dead owner's claim if this host broke it."""
         path = self.path(stage, item)
-        now = self.server_now()
+        now = self.clock.now()
         before = read_claim(path)
         if before is None or self.stale_reason(path, now) is None:
             return None
         target = (
             self.broken_dir
             / stage
-            / (f"{item}{CLAIM_SUFFIX}.{self.host}.{os.getpid()}.{secrets.token_hex(4)}")
+            / f"{item}{CLAIM_SUFFIX}.{self.host}.{os.getpid()}.{secrets.token_hex(4)}"
         )
         target.parent.mkdir(parents=True, exist_ok=True)
         try:

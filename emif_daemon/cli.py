@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -75,7 +76,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .claims import ClaimStore  # noqa: PLC0415
+    import os  # noqa: PLC0415
+
+    from .clock import ServerClock  # noqa: PLC0415
     from .status import collect, render_table  # noqa: PLC0415
 
     cfg = _config(args)
@@ -83,15 +86,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     if not layout.root.is_dir():
         print(f"{layout.root}: no such folder (paths.root in {cfg.source})", file=sys.stderr)
         return EXIT_USAGE
-    store = ClaimStore(
-        layout.claims, layout.state / "broken", layout.clock, host="status", lease_s=1
-    )
-    try:
-        now = store.server_now()
-    except OSError:
-        now = time.time()
-    finally:
-        store.close()
+    clock = ServerClock(layout.clock, f"status.{os.getpid()}")
+    now = clock.now_or_local()
+    with contextlib.suppress(OSError):
+        clock.close()
     status = collect(layout, server_now=now, lease_s=cfg.coordination.lease_s)
     print(json.dumps(status, indent=2) if args.json else render_table(status))
     return EXIT_OK

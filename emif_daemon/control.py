@@ -27,7 +27,7 @@ def retry_failed(layout: Layout, stage: str | None = None) -> dict[str, int]:
         keys = log.keys()
         for key in keys:
             batch = log.read(key).get("batch")
-            forget_broken(layout.state / "broken", name, key)
+            forget_broken(layout.broken, name, key)
             if batch:
                 with contextlib.suppress(FileNotFoundError, FileExistsError):
                     rename_noreplace(layout.done / batch, layout.accepted / batch)

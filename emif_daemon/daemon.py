@@ -1,34 +1,47 @@
-"""Wires config, layout, claims, stages and the engine into one running daemon."""
+"""Wires config, layout, claims, stages and the engine into one running daemon.
+
+The only module that knows every part: stages get a frozen `StageContext` and their own
+config section, the engine gets its hooks as one object (docs/architecture.md#wiring).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import psutil
 
 from . import __version__
 from .claims import ClaimStore
+from .clock import ServerClock
 from .config import Config
 from .control import PauseGate
-from .engine import Engine, Stage
-from .files import MACHINE, atomic_write_json, clean_orphans
-from .layout import STAGES, Layout
+from .engine import Engine, Timing
+from .errors import ServerUnavailable
+from .files import atomic_write_json, clean_orphans
+from .hooks import EngineHooks, HostState
+from .identity import HostIdentity, short_hostname
+from .layout import STAGE_FOLDERS, STAGES, Layout
 from .logs import get_logger
-from .metrics import MetricsWriter
+from .metrics import MetricsWriter, ResourceSample
 from .notify import Notifier
+from .outcomes import ItemOutcome
 from .power import SleepGuard
 from .progress import TerminalProgress
 from .retry import RetryPolicy
+from .sdapi import Server
+from .stage import EventSink, Stage, StageContext, StageResult
 from .watch import Hints, Settler
 
 if TYPE_CHECKING:
-    from .sdapi import Server
+    from .stages.segment import SegmentStage
 
 ORPHAN_MAX_AGE_S = 6 * 3600
 EXIT_USAGE = 2
@@ -39,41 +52,107 @@ NO_STAGES_HINT = (
 
 
 def host_id(cfg: Config) -> str:
-    return cfg.coordination.host_id or MACHINE
+    return cfg.coordination.host_id or short_hostname()
 
 
-@dataclass
-class Runtime:
-    """What every stage shares: the root, this host, the claim store, the settler."""
+class ServerPool:
+    """One `Server` per URL and daemon, so stages that share a server share its request
+    limit and its outage log."""
 
+    def __init__(self, cfg: Config) -> None:
+        self._cfg = cfg.server
+        self._servers: dict[str, Server] = {}
+        self._lock = threading.Lock()
+        self._probes: list[threading.Thread] = []
+
+    def get(self, url: str) -> Server:
+        with self._lock:
+            if url not in self._servers:
+                self._servers[url] = Server(
+                    url,
+                    connect_timeout=self._cfg.connect_timeout_s,
+                    read_timeout=self._cfg.read_timeout_s,
+                    slots=self._cfg.max_concurrent,
+                )
+            return self._servers[url]
+
+    def probe_in_background(self) -> None:
+        """Ask each server what it is once at start-up, so a user who has not turned on the
+        API server reads `server_unreachable` at once, not when the first file arrives."""
+
+        def probe(server: Server) -> None:
+            with contextlib.suppress(ServerUnavailable):
+                server.probe()
+
+        for server in list(self._servers.values()):
+            thread = threading.Thread(target=probe, args=(server,), name="probe", daemon=True)
+            thread.start()
+            self._probes.append(thread)
+
+    def join_probes(self, timeout: float) -> None:
+        """At shutdown: a probe is one short GET; a server that hangs is not waited for."""
+        deadline = time.monotonic() + timeout
+        for thread in self._probes:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+@dataclass(frozen=True)
+class StageKit:
+    """What building the stages takes: their context, the config, the servers."""
+
+    ctx: StageContext
     cfg: Config
-    layout: Layout
-    host: str
-    store: ClaimStore
-    settler: Settler
-    on_event: Callable[[str, dict[str, Any]], None]
-    servers: dict[str, Server] = field(default_factory=dict)  # by URL, shared by stages
+    servers: ServerPool
 
 
-def make_runtime(cfg: Config, on_event: Callable[[str, dict[str, Any]], None]) -> Runtime:
+StageFactory = Callable[[StageKit], list[Stage]]
+
+
+def make_context(cfg: Config, events: EventSink) -> StageContext:
     layout = Layout(cfg.paths.root)
     layout.ensure()
-    host = host_id(cfg)
-    store = ClaimStore(
-        layout.claims,
-        layout.state / "broken",
-        layout.clock,
-        host=host,
+    identity = HostIdentity.current(cfg.coordination.host_id)
+    clock = ServerClock(layout.clock, f"{identity.host}.{identity.machine}.{identity.pid}")
+    return StageContext(layout, identity, clock, Settler(cfg.watch.settle_s), events)
+
+
+def make_kit(cfg: Config, events: EventSink | None = None) -> StageKit:
+    return StageKit(make_context(cfg, events or _no_listener), cfg, ServerPool(cfg))
+
+
+def claim_store(cfg: Config, ctx: StageContext) -> ClaimStore:
+    return ClaimStore(
+        ctx.layout.claims,
+        ctx.layout.broken,
+        ctx.clock,
+        identity=ctx.identity,
         lease_s=cfg.coordination.lease_s,
     )
-    return Runtime(cfg, layout, host, store, Settler(cfg.watch.settle_s), on_event)
 
 
-def build_stages(rt: Runtime, names: list[str]) -> list[Stage]:
-    """The enabled stages among `names`, downstream first (they win a shared server)."""
-    from .stages import build  # noqa: PLC0415 - stages pull in HTTP and image code
+def build_stages(kit: StageKit, names: list[str], segment_builder: str = "") -> list[Stage]:
+    """The stages among `names`, downstream last; each gets its own section and server."""
+    from .stages.generate import GenerateStage  # noqa: PLC0415 - HTTP and image code
+    from .stages.upscale import UpscaleStage  # noqa: PLC0415
 
-    return [build(name, rt) for name in names]
+    cfg, ctx = kit.cfg, kit.ctx
+    stages: list[Stage] = []
+    for name in names:
+        if name == "generate":
+            stages.append(GenerateStage(ctx, cfg.generate, kit.servers.get(cfg.server.url)))
+        elif name == "upscale":
+            stages.append(UpscaleStage(ctx, cfg.upscale, kit.servers.get(cfg.upscale_url)))
+        elif name == "segment":
+            stages.append(_segment_stage(ctx, cfg, segment_builder))
+        else:
+            raise ValueError(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
+    return stages
+
+
+def _segment_stage(ctx: StageContext, cfg: Config, builder: str) -> SegmentStage:
+    from .stages.segment import SegmentStage  # noqa: PLC0415 - multiprocessing, model spec
+
+    return SegmentStage(ctx, cfg.segment, builder=builder)
 
 
 def enabled_stages(cfg: Config, requested: list[str] | None) -> list[str]:
@@ -81,65 +160,147 @@ def enabled_stages(cfg: Config, requested: list[str] | None) -> list[str]:
     return [s for s in STAGES if s in wanted and getattr(cfg, s).enabled]
 
 
+class DaemonHooks(EngineHooks):
+    """The daemon's side jobs, as the engine sees them."""
+
+    def __init__(self, cfg: Config, ctx: StageContext, events: EventSink) -> None:
+        self.ctx = ctx
+        self.events = events
+        self.gate = PauseGate(ctx.layout, ctx.host)
+        self.metrics = MetricsWriter(ctx.layout.metrics / ctx.host)
+        self.guard = SleepGuard(cfg.macos.prevent_sleep)
+        self.log = get_logger()
+
+    def may_claim(self) -> bool:
+        return self.gate()
+
+    def on_event(self, event: str, data: Mapping[str, Any]) -> None:
+        self.events(event, data)
+
+    def item_finished(
+        self,
+        stage: str,
+        item: str,
+        outcome: ItemOutcome,
+        sample: ResourceSample,
+        result: StageResult | None,
+    ) -> None:
+        server_seconds = (result.server_seconds if result else None) or 0.0
+        self.metrics.write(stage, item, str(outcome), sample, {"server_seconds": server_seconds})
+
+    def busy(self, busy: bool) -> None:
+        self.guard.busy(busy)
+
+    def report(self, state: HostState) -> None:
+        write_host_report(self.ctx.layout, state)
+
+    def sweep(self) -> None:
+        """Remove temp files of dead writers anywhere under the root, logging each."""
+        removed = clean_orphans(
+            [self.ctx.layout.root],
+            machine=self.ctx.identity.machine,
+            server_now=self.ctx.clock.now(),
+            max_age_s=ORPHAN_MAX_AGE_S,
+            alive=psutil.pid_exists,
+        )
+        for path in removed:
+            self.log.info("orphan_removed", path=str(path))
+
+
+def write_host_report(layout: Layout, state: HostState) -> None:
+    """`.emif/hosts/<host>.json`: what `emif status` shows about this daemon."""
+    atomic_write_json(
+        layout.host_report(state.host),
+        {
+            **state.to_json(),
+            "pid": os.getpid(),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+
+
+def make_engine(
+    cfg: Config, kit: StageKit, stages: list[Stage], hooks: EngineHooks, *, once: bool
+) -> Engine:
+    return Engine(
+        stages,
+        claim_store(cfg, kit.ctx),
+        kit.ctx.layout.failed,
+        retry=RetryPolicy(
+            max_attempts=cfg.server.max_attempts,
+            base_s=cfg.server.backoff_s,
+            cap_s=max(60.0, cfg.server.backoff_s),
+        ),
+        timing=Timing(
+            rescan_s=cfg.watch.rescan_interval_s,
+            settle_s=cfg.watch.settle_s,
+            heartbeat_s=cfg.coordination.heartbeat_s,
+            progress_s=cfg.logging.progress_s,
+        ),
+        hooks=hooks,
+        once=once,
+    )
+
+
 def run_daemon(
     cfg: Config,
     *,
     once: bool = False,
     stage_names: list[str] | None = None,
-    stage_factory: Callable[[Runtime], list[Stage]] | None = None,
-    may_claim: Callable[[], bool] | None = None,
-    on_event: Callable[[str, dict[str, Any]], None] | None = None,
+    stage_factory: StageFactory | None = None,
     config_path: str = "",
     bars: bool = False,
 ) -> int:
     """Run until SIGTERM/SIGINT (or, with `once`, until drained); returns the exit code."""
     log = get_logger()
     notifier = _notifier(cfg)
-    listeners = [f for f in (on_event, notifier) if f is not None]
-
-    def publish(event: str, data: dict[str, Any]) -> None:
-        for listener in listeners:
-            listener(event, data)
-
-    rt = make_runtime(cfg, publish)
+    events: EventSink = notifier if notifier is not None else _no_listener
+    kit = make_kit(cfg, events)
     stages = (
-        stage_factory(rt) if stage_factory else build_stages(rt, enabled_stages(cfg, stage_names))
+        stage_factory(kit) if stage_factory else build_stages(kit, enabled_stages(cfg, stage_names))
     )
     if not stages:
         log.error("no_stages", hint=NO_STAGES_HINT)
         return EXIT_USAGE
-    sweep = _sweeper(rt)
-    sweep()
-    engine = _engine(cfg, rt, stages, once=once, sweep=sweep, may_claim=may_claim)
-    hints = _hints(cfg, rt, engine)
+    hooks = DaemonHooks(cfg, kit.ctx, events)
+    with contextlib.suppress(OSError):
+        hooks.sweep()
+    engine = make_engine(cfg, kit, stages, hooks, once=once)
+    hints = _hints(cfg, kit.ctx, engine)
     previous = _install_signals(engine)
     log.info(
         "daemon_started",
         version=__version__,
         config=config_path,
-        root=str(rt.layout.root),
+        root=str(kit.ctx.layout.root),
         stages=[s.name for s in stages],
         once=once,
         pid=os.getpid(),
     )
-    from .stages.common import probe_servers  # noqa: PLC0415 - stages pull in HTTP code
-
-    probe_servers(rt)
+    kit.servers.probe_in_background()
     progress = TerminalProgress(lambda: engine.stats) if bars else None
     if progress is not None:
         progress.start()
     try:
         code = engine.run()
     finally:
-        # After the engine: bars drawn last, queued notifications flushed, watchers stopped.
+        # After the engine: bars drawn last, queued notifications flushed, watchers
+        # stopped, our clock probe removed, the signal handlers given back.
         if progress is not None:
             progress.stop()
         if notifier is not None:
             notifier.close()
         hints.stop()
+        kit.servers.join_probes(timeout=2.0)
+        with contextlib.suppress(OSError):
+            kit.ctx.clock.close()
         _restore_signals(previous)
     log.info("daemon_stopped", exit_code=code)
     return code
+
+
+def _no_listener(_event: str, _data: Mapping[str, Any]) -> None:
+    """No webhook and no banner configured."""
 
 
 def _notifier(cfg: Config) -> Notifier | None:
@@ -154,89 +315,25 @@ def _notifier(cfg: Config) -> Notifier | None:
     )
 
 
-def _sweeper(rt: Runtime) -> Callable[[], None]:
-    """Removes temp files of dead writers anywhere under the root, logging each."""
-    log = get_logger()
-
-    def sweep() -> None:
-        removed = clean_orphans(
-            [rt.layout.root],
-            host=MACHINE,
-            server_now=rt.store.server_now(),
-            max_age_s=ORPHAN_MAX_AGE_S,
-            alive=psutil.pid_exists,
-        )
-        for path in removed:
-            log.info("orphan_removed", path=str(path))
-
-    return sweep
-
-
-def _engine(
-    cfg: Config,
-    rt: Runtime,
-    stages: list[Stage],
-    *,
-    once: bool,
-    sweep: Callable[[], None],
-    may_claim: Callable[[], bool] | None,
-) -> Engine:
-    return Engine(
-        stages=stages,
-        store=rt.store,
-        failed_dir=rt.layout.failed,
-        retry=RetryPolicy(
-            max_attempts=cfg.server.max_attempts,
-            base_s=cfg.server.backoff_s,
-            cap_s=max(60.0, cfg.server.backoff_s),
-        ),
-        rescan_s=cfg.watch.rescan_interval_s,
-        settle_s=cfg.watch.settle_s,
-        heartbeat_s=cfg.coordination.heartbeat_s,
-        once=once,
-        metrics=MetricsWriter(rt.layout.metrics / rt.host),
-        may_claim=may_claim or PauseGate(rt.layout, rt.host),
-        on_event=rt.on_event,
-        sweep=sweep,
-        report=lambda state: write_host_report(rt, state),
-        progress_s=cfg.logging.progress_s,
-        on_busy=SleepGuard(cfg.macos.prevent_sleep).busy,
-    )
-
-
-def _hints(cfg: Config, rt: Runtime, engine: Engine) -> Hints:
+def _hints(cfg: Config, ctx: StageContext, engine: Engine) -> Hints:
     """File events on each stage's input folder wake that stage (watch.mode = "auto")."""
-    hints = Hints(rt.settler)
+    hints = Hints(ctx.settler)
     if cfg.watch.mode != "auto":
         return hints
-    inputs = {"generate": rt.layout.queue, "upscale": rt.layout.generations}
-    inputs["segment"] = rt.layout.upscaled
     for stage in engine.stages:
-        if stage.name in inputs:
-            hints.route(inputs[stage.name], engine.wake[stage.name])
+        if stage.name in STAGE_FOLDERS:
+            hints.route(ctx.layout.stage_input(stage.name), engine.wake[stage.name])
     why = hints.start()
     if why:
         get_logger().warning("file_events_unavailable", reason=why, fallback="rescans only")
     return hints
 
 
-def write_host_report(rt: Runtime, state: dict[str, Any]) -> None:
-    """`.emif/hosts/<host>.json`: what `emif status` shows about this daemon."""
-    atomic_write_json(
-        rt.layout.state / "hosts" / f"{rt.host}.json",
-        {
-            **state,
-            "pid": os.getpid(),
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-    )
-
-
 def _install_signals(engine: Engine) -> dict[int, Any]:
     if threading.current_thread() is not threading.main_thread():
         return {}
 
-    def handler(signum: int, _frame: Any) -> None:
+    def handler(signum: int, _frame: FrameType | None) -> None:
         # Only set flags here; the engine's run loop does the shutdown steps.
         engine.stop_reason = signal.Signals(signum).name
         engine.request_stop()

@@ -1,8 +1,8 @@
-"""Atomic publishing on a shared folder, after Maildir.
+"""Atomic publishing on a shared folder, after Maildir (docs/protocol.md#publishing).
 
 Every file appears under its final name only when complete: it is written under a
-dot-prefixed name unique to host and process, flushed, fsynced, then renamed into place.
-No file modification is done after the file is moved to its final position.
+dot-prefixed name unique to this machine and process, flushed, fsynced, then renamed into
+place. No file modification is done after the file is moved to its final position.
 """
 
 from __future__ import annotations
@@ -15,27 +15,31 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import struct
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from .identity import machine_tag
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TEMP_MARK = ".emiftmp"
 
-MACHINE = socket.gethostname().split(".")[0] or "host"
-_HOST = MACHINE
+# Temp names carry this boot's machine tag, not a host name: the sweep removes a temp file
+# of ours as soon as its process is gone, which only this machine can tell.
+MACHINE = machine_tag()
 
 
-def temp_name(final: Path, host: str = _HOST) -> Path:
-    """`.<name>.<host>.<pid>.<random>.emiftmp` beside `final`: never an input, never shared."""
-    return final.with_name(f".{final.name}.{host}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_MARK}")
+def temp_name(final: Path, machine: str = MACHINE) -> Path:
+    """`.<name>.<machine>.<pid>.<random>.emiftmp` beside `final`: never an input, never shared."""
+    return final.with_name(
+        f".{final.name}.{machine}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_MARK}"
+    )
 
 
 def parse_temp_name(name: str) -> tuple[str, int] | None:
-    """(host, pid) of a temp name written by `temp_name`, or None."""
+    """(machine, pid) of a temp name written by `temp_name`, or None."""
     if not (name.startswith(".") and name.endswith(TEMP_MARK)):
         return None
     parts = name[: -len(TEMP_MARK)].rsplit(".", 3)
@@ -182,12 +186,17 @@ def png_problem(data: bytes, expect: tuple[int, int] | None = None) -> str | Non
 
 
 def clean_orphans(
-    folders: list[Path], *, host: str, server_now: float, max_age_s: float, alive: Any
+    folders: list[Path],
+    *,
+    machine: str,
+    server_now: float,
+    max_age_s: float,
+    alive: Callable[[int], bool],
 ) -> list[Path]:
     """Remove temp files and folders left by dead writers; returns what was removed.
 
-    Ours (same host) go as soon as their process is gone; other hosts' only once older than
-    `max_age_s` by the file server's clock, since we cannot see their processes.
+    This machine's go as soon as their process is gone; other machines' only once older
+    than `max_age_s` by the file server's clock, since we cannot see their processes.
     """
     removed: list[Path] = []
     for top in folders:
@@ -201,7 +210,7 @@ def clean_orphans(
                     age = server_now - path.lstat().st_mtime
                 except FileNotFoundError:
                     continue
-                mine = owner[0] == host
+                mine = owner[0] == machine
                 if (mine and not alive(owner[1])) or (not mine and age > max_age_s):
                     if path.is_dir():
                         shutil.rmtree(path, ignore_errors=True)

@@ -1,4 +1,4 @@
-"""The queue folder: accept, reject and finish prompts files (SPEC §3, §5).
+"""The queue folder: accept, reject and finish prompts files (docs/architecture.md#the-data-path).
 
 A file is accepted by renaming it from ``queue/`` into ``queue/accepted/``: one host wins.
 The plan (its expanded items) is a pure function of the accepted bytes, so every host

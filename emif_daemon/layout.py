@@ -1,4 +1,8 @@
-"""The root folder: where everything lives, which names are inputs, input → output paths."""
+"""The root folder: where everything lives, which names are inputs, input → output paths.
+
+Every path under the root comes from `Layout`; which folder feeds and receives each stage
+is written once, in `STAGE_FOLDERS` (docs/protocol.md#the-root).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STAGES = ("generate", "upscale", "segment")
+# stage → (the Layout folder it reads, the Layout folder it writes)
+STAGE_FOLDERS: dict[str, tuple[str, str]] = {
+    "generate": ("queue", "generations"),
+    "upscale": ("generations", "upscaled"),
+    "segment": ("upscaled", "segments"),
+}
 TEMP_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", "~")
 UPSCALED_SUFFIX = "_upscaled_1"
 
@@ -54,6 +64,24 @@ class Layout:
         return self.state / "claims"
 
     @property
+    def broken(self) -> Path:
+        """Stale claims, renamed here when broken; each one counts as an attempt."""
+        return self.state / "broken"
+
+    @property
+    def hosts(self) -> Path:
+        """One report per daemon, written by it, read by `emif status`."""
+        return self.state / "hosts"
+
+    def host_report(self, host: str) -> Path:
+        return self.hosts / f"{host}.json"
+
+    @property
+    def checksums(self) -> Path:
+        """Cached sha256 of large local files (the segment checkpoint)."""
+        return self.state / "checksums.json"
+
+    @property
     def failed(self) -> Path:
         return self.state / "failed"
 
@@ -82,6 +110,7 @@ class Layout:
         for path in (
             self.accepted, self.done, self.rejected, self.generations, self.upscaled,
             self.segments, self.jobs, self.control, self.clock, self.logs, self.metrics,
+            self.hosts,
         ):  # fmt: skip
             path.mkdir(parents=True, exist_ok=True)
         for stage in STAGES:
@@ -89,11 +118,16 @@ class Layout:
             (self.failed / stage).mkdir(parents=True, exist_ok=True)
 
     def stage_input(self, stage: str) -> Path:
-        return {"upscale": self.generations, "segment": self.upscaled}[stage]
+        """The folder whose new files are `stage`'s work (its file events wake the stage)."""
+        return Path(getattr(self, STAGE_FOLDERS[stage][0]))
+
+    def stage_output(self, stage: str) -> Path:
+        """The folder `stage` publishes into (where its temp files can be)."""
+        return Path(getattr(self, STAGE_FOLDERS[stage][1]))
 
 
 def is_ignored(name: str) -> bool:
-    """Names that are never inputs: hidden, temporary, half-downloaded (SPEC §2)."""
+    """Names that are never inputs: hidden, temporary, half-downloaded (docs/protocol.md#the-root)."""
     return name.startswith(".") or name.endswith(TEMP_SUFFIXES)
 
 
@@ -115,7 +149,7 @@ def segment_output(rel: str) -> str:
 
 
 def name_problem(name: object) -> str | None:
-    """Why `name` cannot be a folder name, or None (SPEC §3 rules for nation/category)."""
+    """Why `name` cannot be a folder name, or None (the rules for nation and category)."""
     if not isinstance(name, str):
         return "must be a string"
     if not name.strip():

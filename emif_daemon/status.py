@@ -87,14 +87,13 @@ def _stage_inputs(layout: Layout, stage: str) -> tuple[dict[str, str], set[str]]
         outputs = TreeScanner(layout.generations, want=is_input_png).scan()
         complete = {names[-1] for names in multi.values() if all(n in outputs for n in names)}
         return inputs, complete
+    rels = TreeScanner(layout.stage_input(stage), want=is_input_png).scan()
     if stage == "upscale":
-        rels = TreeScanner(layout.generations, want=is_input_png).scan()
         inputs = {rel: upscale_output(rel) for rel in rels}
-        return inputs, TreeScanner(layout.upscaled, want=is_input_png).scan()
-    rels = TreeScanner(layout.upscaled, want=is_input_png).scan()
+        return inputs, TreeScanner(layout.stage_output(stage), want=is_input_png).scan()
     inputs = {rel: segment_output(rel) for rel in rels}
     expected = set(inputs.values())
-    outs = TreeScanner(layout.segments, want=lambda _n: False, report_dirs=True).scan(
+    outs = TreeScanner(layout.stage_output(stage), want=lambda _n: False, report_dirs=True).scan(
         descend=lambda rel: rel not in expected
     )
     return inputs, outs
@@ -144,7 +143,7 @@ def host_reports(layout: Layout) -> dict[str, Any]:
     """What each daemon last said of itself (`.emif/hosts/<host>.json`)."""
     out: dict[str, Any] = {}
     with contextlib.suppress(FileNotFoundError):
-        for entry in os.scandir(layout.state / "hosts"):
+        for entry in os.scandir(layout.hosts):
             if entry.name.endswith(".json") and not is_ignored(entry.name):
                 with contextlib.suppress(OSError, ValueError):
                     out[entry.name.removesuffix(".json")] = json.loads(

@@ -26,11 +26,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(autouse=True)
 def _no_leaked_threads() -> Iterator[None]:
-    """A test must not leave non-daemon threads running (they would hang the suite)."""
+    """A test must not leave threads running, daemon threads included: every thread the
+    daemon starts is one, and each must be stopped and joined at shutdown. Threads get a
+    few seconds to end (a loopback server's handler finishing its answer)."""
     before = set(threading.enumerate())
     yield
-    leaked = [t for t in threading.enumerate() if t not in before and t.is_alive() and not t.daemon]
-    assert not leaked, f"threads left running: {leaked}"
+
+    def leftovers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t not in before and t.is_alive()]
+
+    deadline = time.monotonic() + 5
+    while leftovers() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not leftovers(), f"threads left running: {leftovers()}"
 
 
 @pytest.fixture(autouse=True)

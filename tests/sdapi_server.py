@@ -1,6 +1,6 @@
 """A loopback sdapi server that behaves like Draw Things (or AUTOMATIC1111) for the tests.
 
-Draw Things mode, after ../shared/reference/sdapi.md: unknown keys → 422 "Unrecognized
+Draw Things mode, after docs/servers.md: unknown keys → 422 "Unrecognized
 keys", every error is a 422 JSON with `detail`, answers are `{"images": [...]}` only, an
 img2img init image must match width/height and be plain base64, one generation at a time.
 AUTOMATIC1111 mode: unknown keys ignored, `data:` prefixes stripped, answers carry

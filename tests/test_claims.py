@@ -1,4 +1,4 @@
-"""The claim protocol of SPEC §5 on a real folder: exclusive, heartbeat, commit, stale."""
+"""The claim protocol (docs/protocol.md#claims) on a real folder: exclusive, heartbeat, commit, stale."""
 
 from __future__ import annotations
 
@@ -11,10 +11,18 @@ from pathlib import Path
 import pytest
 
 from emif_daemon.claims import ClaimStore, read_claim
+from emif_daemon.clock import ServerClock
+from emif_daemon.identity import HostIdentity
 
 
 def store(root: Path, host: str = "a", lease_s: float = 30.0) -> ClaimStore:
-    return ClaimStore(root / "claims", root / "broken", root / "clock", host=host, lease_s=lease_s)
+    return ClaimStore(
+        root / "claims",
+        root / "broken",
+        ServerClock(root / "clock", host),
+        identity=HostIdentity.current(host),
+        lease_s=lease_s,
+    )
 
 
 def make_stale(s: ClaimStore, item: str, *, host: str = "ghost", age: float = 3600) -> Path:

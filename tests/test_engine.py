@@ -8,28 +8,28 @@ from pathlib import Path
 from typing import Any
 
 from emif_daemon.config import parse_config
-from emif_daemon.daemon import Runtime, make_runtime
-from emif_daemon.engine import EXIT_FAILED, EXIT_OK, Discovery, Engine, Item, StageBase, Work
+from emif_daemon.daemon import StageKit, claim_store, make_kit
+from emif_daemon.engine import EXIT_FAILED, EXIT_OK, Engine, Timing
 from emif_daemon.errors import PermanentItemError, TransientError
 from emif_daemon.retry import RetryPolicy, compute_backoff
+from emif_daemon.stage import Discovery, Item, StageBase, StageResult, Work
 from tests.conftest import fast_sections
 from tests.toy_daemon import ToyStage, expected_output
 
 
-def runtime(root: Path, host: str) -> Runtime:
+def runtime(root: Path, host: str) -> StageKit:
     sections = fast_sections(root, coordination={"host_id": host})
     cfg = parse_config(sections, base_dir=root)
-    return make_runtime(cfg, lambda _e, _d: None)
+    return make_kit(cfg)
 
 
-def engine_for(rt: Runtime, stages: list[Any], **kw: Any) -> Engine:
+def engine_for(rt: StageKit, stages: list[Any], **kw: Any) -> Engine:
     return Engine(
-        stages=stages,
-        store=rt.store,
-        failed_dir=rt.layout.failed,
+        stages,
+        claim_store(rt.cfg, rt.ctx),
+        rt.ctx.layout.failed,
         retry=kw.pop("retry", RetryPolicy(max_attempts=3, base_s=0.01, cap_s=0.02)),
-        rescan_s=0.05,
-        heartbeat_s=0.1,
+        timing=Timing(rescan_s=0.05, heartbeat_s=0.1),
         once=True,
         **kw,
     )
@@ -42,7 +42,7 @@ def test_two_engines_in_threads_make_each_of_200_items_exactly_once(root: Path) 
     engines = []
     for host in ("a", "b"):
         rt = runtime(root, host)
-        engines.append(engine_for(rt, [ToyStage(rt, work_s=0.0)]))
+        engines.append(engine_for(rt, [ToyStage(rt.ctx, work_s=0.0)]))
     codes: list[int] = []
     threads = [threading.Thread(target=lambda e=e: codes.append(e.run())) for e in engines]
     for t in threads:
@@ -80,7 +80,7 @@ class FlakyStage(StageBase):
                 items.append(Item(key, (out,)))
         return Discovery(items)
 
-    def run(self, item: Item, work: Work) -> dict[str, Any]:
+    def run(self, item: Item, work: Work) -> StageResult:
         self.calls[item.key] += 1
         if item.key == "permanent":
             raise PermanentItemError('HTTP 422: Unrecognized keys: ["foo"]')
@@ -89,7 +89,7 @@ class FlakyStage(StageBase):
         if self.calls[item.key] <= self.fails:
             raise TransientError("HTTP 500: busy")
         work.commit(lambda: item.outputs[0].write_text("ok"))
-        return {}
+        return StageResult(output=item.outputs[0].name)
 
 
 def test_retries_then_fails_and_records_reasons(root: Path) -> None:
@@ -99,9 +99,9 @@ def test_retries_then_fails_and_records_reasons(root: Path) -> None:
     assert engine.run() == EXIT_FAILED
     assert (root / "transient.out").read_text() == "ok"
     assert stage.calls == {"transient": 3, "permanent": 1, "crash": 3}
-    record = (rt.layout.failed / "flaky" / "permanent.json").read_text()
+    record = (rt.ctx.layout.failed / "flaky" / "permanent.json").read_text()
     assert "Unrecognized keys" in record
-    assert "ZeroDivisionError" in (rt.layout.failed / "flaky" / "crash.json").read_text()
+    assert "ZeroDivisionError" in (rt.ctx.layout.failed / "flaky" / "crash.json").read_text()
     # A failed item is skipped from then on: a second run calls nothing.
     again = FlakyStage(root, fails=0)
     assert engine_for(runtime(root, "a"), [again]).run() == EXIT_FAILED

@@ -1,4 +1,4 @@
-"""Atomic publishing and the sweep of dead writers' temp files (SPEC §2)."""
+"""Atomic publishing and the sweep of dead writers' temp files (docs/protocol.md#publishing)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def test_sweep_removes_dead_writers_temp_files_and_folders_only(tmp_path: Path) 
     keep = tmp_path / "final.png"
     keep.write_bytes(b"done")
     removed = clean_orphans(
-        [tmp_path], host=MACHINE, server_now=time.time(), max_age_s=6 * 3600,
+        [tmp_path], machine=MACHINE, server_now=time.time(), max_age_s=6 * 3600,
         alive=lambda pid: pid == os.getpid(),
     )  # fmt: skip
     assert sorted(removed) == sorted([dead, dead_dir, other_old])

@@ -1,4 +1,4 @@
-"""Unattended operation (SPEC §7-§9): launchd, status, report, progress, logs."""
+"""Unattended operation: launchd, status, report, progress, logs."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Generate and upscale end to end over real HTTP (SPEC §3, §4), with a real daemon process."""
+"""Generate and upscale end to end over real HTTP, with a real daemon process."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §5 guarantees with real processes: races, SIGKILL at any moment, SIGTERM, leases."""
+"""The shared-folder guarantees (docs/protocol.md#guarantees) with real processes: races, SIGKILL at any moment, SIGTERM, leases."""
 
 from __future__ import annotations
 

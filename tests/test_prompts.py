@@ -1,4 +1,4 @@
-"""Prompts files (SPEC §3): parsing, every validation rule, deterministic expansion. Pure."""
+"""Prompts files: parsing, every validation rule, deterministic expansion. Pure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Segment Anything cut-outs (SPEC §4 last bullet), with a tiny SAM built from
+"""Segment Anything cut-outs (docs/segment.md), with a tiny SAM built from
 segment_anything's own modules and random weights."""
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from PIL import Image
 from segment_anything import sam_model_registry
 
 from emif_daemon.config import parse_config
-from emif_daemon.daemon import make_runtime
-from emif_daemon.engine import EXIT_OK, Engine
+from emif_daemon.daemon import claim_store, make_kit
+from emif_daemon.engine import EXIT_OK, Engine, Timing
 from emif_daemon.errors import StageUnavailable
 from emif_daemon.retry import RetryPolicy
 from emif_daemon.stages.segment import ModelSpec, SegmentStage, checkpoint_problem
@@ -176,17 +176,19 @@ def run_segment_stage(root: Path, checkpoint: Path, cutout_kind: str) -> Path:
             "min_area_fraction": 0.001, "cutout": cutout_kind, "padding": 0.05,
         },
     )  # fmt: skip
-    rt = make_runtime(parse_config(sections, base_dir=root), lambda _e, _d: None)
-    source = rt.layout.upscaled / "Italy" / "family" / "Italy_family_1_1_upscaled_1.png"
+    kit = make_kit(parse_config(sections, base_dir=root))
+    layout = kit.ctx.layout
+    source = layout.upscaled / "Italy" / "family" / "Italy_family_1_1_upscaled_1.png"
     source.parent.mkdir(parents=True)
     Image.fromarray(shapes_image(512)).save(source)
-    stage = SegmentStage(rt, builder=TINY)
+    stage = SegmentStage(kit.ctx, kit.cfg.segment, builder=TINY)
     engine = Engine(
-        stages=[stage], store=rt.store, failed_dir=rt.layout.failed,
-        retry=RetryPolicy(max_attempts=1), rescan_s=0.05, heartbeat_s=0.2, once=True,
+        [stage], claim_store(kit.cfg, kit.ctx), layout.failed,
+        retry=RetryPolicy(max_attempts=1), timing=Timing(rescan_s=0.05, heartbeat_s=0.2),
+        once=True,
     )  # fmt: skip
     assert engine.run() == EXIT_OK
-    return rt.layout.segments / "Italy" / "family" / "Italy_family_1_1_upscaled_1"
+    return layout.segments / "Italy" / "family" / "Italy_family_1_1_upscaled_1"
 
 
 @pytest.mark.parametrize("cutout_kind", ["square", "canvas"])

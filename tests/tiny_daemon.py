@@ -8,20 +8,15 @@ import sys
 from pathlib import Path
 
 from emif_daemon.config import load_config
-from emif_daemon.daemon import Runtime, enabled_stages, host_id, run_daemon
-from emif_daemon.engine import Stage
+from emif_daemon.daemon import StageKit, build_stages, enabled_stages, host_id, run_daemon
 from emif_daemon.logs import configure_logging
-from emif_daemon.stages import build
-from emif_daemon.stages.segment import SegmentStage
+from emif_daemon.stage import Stage
 
 TINY = "tests.tiny_sam:build"
 
 
-def stages(rt: Runtime) -> list[Stage]:
-    out: list[Stage] = []
-    for name in enabled_stages(rt.cfg, None):
-        out.append(SegmentStage(rt, builder=TINY) if name == "segment" else build(name, rt))
-    return out
+def stages(kit: StageKit) -> list[Stage]:
+    return build_stages(kit, enabled_stages(kit.cfg, None), segment_builder=TINY)
 
 
 def main() -> int:

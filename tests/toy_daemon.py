@@ -13,13 +13,12 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from emif_daemon.config import load_config
-from emif_daemon.daemon import Runtime, host_id, run_daemon
-from emif_daemon.engine import Discovery, Item, StageBase, Work
+from emif_daemon.daemon import host_id, run_daemon
 from emif_daemon.files import rename_noreplace, temp_name
 from emif_daemon.logs import configure_logging
+from emif_daemon.stage import Discovery, Item, StageBase, StageContext, StageResult, Work
 from emif_daemon.watch import TreeScanner
 
 CHUNKS = 8
@@ -34,11 +33,11 @@ class ToyStage(StageBase):
     name = "toy"
     priority = 1
 
-    def __init__(self, rt: Runtime, work_s: float) -> None:
-        self.rt = rt
+    def __init__(self, ctx: StageContext, work_s: float) -> None:
+        self.ctx = ctx
         self.work_s = work_s
-        self.inbox = rt.layout.root / "inbox"
-        self.outbox = rt.layout.root / "outbox"
+        self.inbox = ctx.layout.root / "inbox"
+        self.outbox = ctx.layout.root / "outbox"
         self.scan_in = TreeScanner(self.inbox, want=lambda n: n.endswith(".txt"))
         self.scan_out = TreeScanner(self.outbox, want=lambda n: n.endswith(".out"))
 
@@ -51,12 +50,12 @@ class ToyStage(StageBase):
                 items.append(Item(key, (self.outbox / (key + ".out"),), self.inbox / rel))
         return Discovery(items)
 
-    def run(self, item: Item, work: Work) -> dict[str, Any]:
+    def run(self, item: Item, work: Work) -> StageResult:
         output = item.outputs[0]
         output.parent.mkdir(parents=True, exist_ok=True)
         tmp = temp_name(output)
-        fd = os.open(self.rt.layout.root / "runs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.write(fd, f"{item.key} {self.rt.host} {os.getpid()}\n".encode())
+        fd = os.open(self.ctx.layout.root / "runs.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        os.write(fd, f"{item.key} {self.ctx.host} {os.getpid()}\n".encode())
         os.close(fd)
         try:
             with open(tmp, "wb") as fh:
@@ -70,7 +69,7 @@ class ToyStage(StageBase):
             work.commit(lambda: rename_noreplace(tmp, output))
         finally:
             tmp.unlink(missing_ok=True)
-        return {"output": str(output.relative_to(self.rt.layout.root))}
+        return StageResult(output=str(output.relative_to(self.ctx.layout.root)))
 
 
 def main() -> int:
@@ -85,7 +84,7 @@ def main() -> int:
     return run_daemon(
         cfg,
         once=args.once,
-        stage_factory=lambda rt: [ToyStage(rt, args.work_s)],
+        stage_factory=lambda kit: [ToyStage(kit.ctx, args.work_s)],
         config_path=args.config,
     )
 

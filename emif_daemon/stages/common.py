@@ -1,52 +1,19 @@
-"""What the image stages share: servers per URL, sidecars, settled discovery of PNG trees."""
+"""What the image stages share: sidecars, publishing, settled discovery of PNG trees."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..engine import Discovery, Item
-from ..errors import PermanentItemError, ServerUnavailable
+from ..errors import PermanentItemError
 from ..files import atomic_write_json, png_problem, publish_new
 from ..layout import is_input_png
-from ..sdapi import Server
+from ..stage import Discovery, Item, StageContext
 from ..watch import TreeScanner
-
-if TYPE_CHECKING:
-    from ..daemon import Runtime
-
-
-def server_for(rt: Runtime, url: str) -> Server:
-    """One Server per URL and daemon, so stages share its limiter and outage log.
-
-    Stages are built one after the other on one thread, so no lock is needed here.
-    """
-    if url not in rt.servers:
-        rt.servers[url] = Server(
-            url,
-            connect_timeout=rt.cfg.server.connect_timeout_s,
-            read_timeout=rt.cfg.server.read_timeout_s,
-            slots=rt.cfg.server.max_concurrent,
-        )
-    return rt.servers[url]
-
-
-def probe_servers(rt: Runtime) -> None:
-    """Ask each server what it is once at start-up, in the background, so a user who has
-    not turned on Draw Things' API server reads `server_unreachable` at once, not only
-    when the first prompts file arrives."""
-
-    def probe(server: Server) -> None:
-        with contextlib.suppress(ServerUnavailable):
-            server.probe()
-
-    for server in rt.servers.values():
-        threading.Thread(target=probe, args=(server,), name="probe", daemon=True).start()
 
 
 def utc_iso(t: float | None = None) -> str:
@@ -100,14 +67,14 @@ class PngTreeDiscovery:
 
     def __init__(
         self,
-        rt: Runtime,
+        ctx: StageContext,
         *,
         inputs: Path,
         outputs: Path,
         output_of: Callable[[str], str],
         outputs_are_dirs: bool = False,
     ) -> None:
-        self.rt = rt
+        self.ctx = ctx
         self.inputs_top = inputs
         self.outputs_top = outputs
         self.output_of = output_of
@@ -144,13 +111,13 @@ class PngTreeDiscovery:
         found = Discovery()
         if not todo:
             return found
-        now = self.rt.store.server_now()
+        now = self.ctx.clock.now()
         for rel in todo:
             source = self.inputs_top / rel
-            if not self.rt.settler.ready(source, now):
+            if not self.ctx.settler.ready(source, now):
                 found.waiting += 1
                 continue
             output = self.outputs_top / self._wanted[rel]
             found.items.append(Item(key=rel, outputs=(output,), source=source))
-        self.rt.settler.forget(self.inputs_top, (str(self.inputs_top / rel) for rel in todo))
+        self.ctx.settler.forget(self.inputs_top, (str(self.inputs_top / rel) for rel in todo))
         return found

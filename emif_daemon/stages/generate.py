@@ -1,24 +1,28 @@
-"""Generate: items of accepted prompts files → txt2img PNGs under GENERATIONS/ (SPEC §3, §4)."""
+"""Generate: items of accepted prompts files → txt2img PNGs under GENERATIONS/.
+
+Intake (accepting, rejecting and finishing prompts files) is this stage's `maintain` step;
+`discover` only reads (docs/architecture.md#the-data-path).
+"""
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
-from ..engine import Discovery, Item, StageBase, Work
+from ..config import GenerateConfig
 from ..errors import TransientError
 from ..failures import FailureLog
 from ..files import png_problem
-from ..inbox import Expansion, Inbox, queued_files
+from ..inbox import Batch, Expansion, Inbox, queued_files
 from ..layout import is_input_png
+from ..logs import get_logger
 from ..prompts import PlannedItem
-from ..sdapi import TXT2IMG
+from ..sdapi import TXT2IMG, Server
+from ..stage import Discovery, Item, StageBase, StageContext, StageResult, Work
 from ..watch import TreeScanner
-from .common import publish_png, server_for, utc_iso, without_images
-
-if TYPE_CHECKING:
-    from ..daemon import Runtime
+from .common import publish_png, utc_iso, without_images
 
 
 def expected_size(payload: dict[str, Any]) -> tuple[int, int] | None:
@@ -54,62 +58,78 @@ class GenerateStage(StageBase):
     name = "generate"
     priority = 1
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        cfg = rt.cfg.generate
-        self.server = server_for(rt, rt.cfg.server.url)
+    def __init__(self, ctx: StageContext, cfg: GenerateConfig, server: Server) -> None:
+        self.ctx = ctx
+        self.cfg = cfg
+        self.server = server
         self.inbox = Inbox(
-            rt.layout,
+            ctx.layout,
             Expansion(cfg.prompt_template, cfg.negative_prompt, cfg.payload),
-            rt.on_event,
+            ctx.events,
         )
-        self.outputs = TreeScanner(rt.layout.generations, want=is_input_png)
-        self.failures = FailureLog(rt.layout.failed, self.name)
+        self.outputs = TreeScanner(ctx.layout.generations, want=is_input_png)
+        self.failures = FailureLog(ctx.layout.failed, self.name)
+        self.log = get_logger()
 
     def wait_available(self, stop: threading.Event) -> None:
         self.server.wait_until_up(stop)
 
-    def discover(self) -> Discovery:
-        found = Discovery()
-        queued = queued_files(self.rt.layout)
+    def maintain(self) -> None:
+        """Intake: accept or reject settled queue files, finish batches with nothing left."""
+        queued = queued_files(self.ctx.layout)
         if queued:
-            now = self.rt.store.server_now()
+            now = self.ctx.clock.now()
             for path in queued:
-                if self.rt.settler.ready(path, now):
-                    self.inbox.take(path)
-                else:
-                    found.waiting += 1
-        batches = self.inbox.batches()
-        if not batches:
-            return found
+                if self.ctx.settler.ready(path, now):
+                    self._take(path)
+        for batch in self.inbox.batches():
+            todo, still = self._remaining(batch)
+            if not still:
+                self._finish(batch, todo)
+
+    def _take(self, path: Path) -> None:
+        try:
+            self.inbox.take(path)
+        except OSError as exc:  # the next round tries again; other files go on
+            self.log.error("prompts_intake_failed", file=path.name, error=str(exc))
+
+    def _finish(self, batch: Batch, todo: list[PlannedItem]) -> None:
+        summary = {
+            "items": len(batch.items),
+            "done": len(batch.items) - len(todo),
+            "failed": len(todo),
+            "failures": [
+                {"item": i.key, "reason": self.failures.read(i.key).get("reason")} for i in todo
+            ],
+        }
+        try:
+            self.inbox.finish(batch, summary)
+        except OSError as exc:
+            self.log.error("batch_finish_failed", file=batch.name, error=str(exc))
+
+    def _remaining(self, batch: Batch) -> tuple[list[PlannedItem], list[PlannedItem]]:
+        """(items without all outputs, those of them not failed either)."""
         done = self.outputs.scan()
         failed = self.failures.keys()
-        gens = self.rt.layout.generations
-        for batch in batches:
-            todo = [i for i in batch.items if not all(n in done for n in i.output_names())]
-            still = [i for i in todo if i.key not in failed]
-            if not still:
-                self.inbox.finish(
-                    batch,
-                    {
-                        "items": len(batch.items),
-                        "done": len(batch.items) - len(todo),
-                        "failed": len(todo),
-                        "failures": [
-                            {"item": i.key, "reason": self.failures.read(i.key).get("reason")}
-                            for i in todo
-                        ],
-                    },
-                )
-                continue
-            for planned in still:
+        todo = [i for i in batch.items if not all(n in done for n in i.output_names())]
+        return todo, [i for i in todo if i.key not in failed]
+
+    def discover(self) -> Discovery:
+        found = Discovery()
+        queued = queued_files(self.ctx.layout)
+        if queued:
+            now = self.ctx.clock.now()
+            found.waiting = sum(1 for p in queued if not self.ctx.settler.ready(p, now))
+        gens = self.ctx.layout.generations
+        for batch in self.inbox.batches():
+            for planned in self._remaining(batch)[1]:
                 outputs = tuple(gens / n for n in planned.output_names())
                 found.items.append(Item(planned.key, outputs, data=planned, batch=batch.name))
         return found
 
-    def run(self, item: Item, work: Work) -> dict[str, Any]:
+    def run(self, item: Item, work: Work) -> StageResult:
         planned: PlannedItem = item.data
-        payload = build_payload(self.rt.cfg.generate.payload, planned)
+        payload = build_payload(self.cfg.payload, planned)
         started = time.time()
         answer = self.server.post(TXT2IMG, payload, priority=self.priority, expect=planned.images)
         expect = expected_size(payload)
@@ -128,7 +148,7 @@ class GenerateStage(StageBase):
             "server_url": self.server.url,
             "server_kind": info.kind if info else None,
             "server_model": info.model if info else None,
-            "host": self.rt.host,
+            "host": self.ctx.host,
             "source": item.batch,
             "source_entry": planned.loc,
             "started_at": utc_iso(started),
@@ -142,10 +162,9 @@ class GenerateStage(StageBase):
                 publish_png(output, image, sidecar)
 
         work.commit(publish, output=str(item.outputs[0]))
-        rel = item.outputs[0].relative_to(self.rt.layout.root)
-        return {
-            "output": str(rel),
-            "images": len(item.outputs),
-            "seed": planned.seed,
-            "server_seconds": round(answer.seconds, 3),
-        }
+        rel = item.outputs[0].relative_to(self.ctx.layout.root)
+        return StageResult(
+            output=str(rel),
+            server_seconds=round(answer.seconds, 3),
+            details={"images": len(item.outputs), "seed": planned.seed},
+        )

@@ -11,46 +11,28 @@ from __future__ import annotations
 import contextlib
 import json
 import multiprocessing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..engine import Discovery, Item, StageBase, Work
+from ..config import SegmentConfig
 from ..errors import PermanentItemError, Shutdown, StageUnavailable, TransientError
 from ..files import atomic_write_json, building_dir, publish_dir
 from ..layout import segment_output
 from ..logs import get_logger
+from ..stage import Discovery, Item, StageBase, StageContext, StageResult, Work
 from .common import PngTreeDiscovery, read_source_png, sha256, sha256_file, utc_iso
+from .segment_spec import ModelSpec
 
-if TYPE_CHECKING:
-    from ..daemon import Runtime
+__all__ = ["ModelProcess", "ModelSpec", "SegmentStage", "checkpoint_problem"]
 
 DOWNLOAD_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
-# Meta publishes no sizes; these agree across many third-party pins (reference/sam.md §4).
+# Meta publishes no sizes; these agree across many third-party pins (docs/segment.md#checkpoints).
 CHECKPOINTS = {
     "vit_h": ("sam_vit_h_4b8939.pth", 2_564_550_879),
     "vit_l": ("sam_vit_l_0b3195.pth", 1_249_524_607),
     "vit_b": ("sam_vit_b_01ec64.pth", 375_042_383),
 }
 READY_TIMEOUT_S = 600.0  # loading vit_h from a network share can take minutes
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the child process needs to build the model and cut an image (picklable)."""
-
-    model_type: str
-    checkpoint: str
-    device: str = "auto"
-    builder: str = ""  # "module:function" returning an unloaded Sam; "" = the registry's
-    points_per_side: int = 32
-    points_per_batch: int = 0  # 0: by device, see segment_model.AUTO_BATCH
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    min_area_fraction: float = 0.001
-    cutout: str = "square"
-    padding: float = 0.05
-    box_nms_thresh: float = 0.7  # SAM's default; not a config key
 
 
 def child_main(conn: Any, spec: ModelSpec) -> None:
@@ -163,27 +145,15 @@ class SegmentStage(StageBase):
     name = "segment"
     priority = 3  # local work, served first where it would compete
 
-    def __init__(self, rt: Runtime, builder: str = "") -> None:
-        self.rt = rt
-        self.cfg = rt.cfg.segment
-        self.spec = ModelSpec(
-            model_type=self.cfg.model_type,
-            checkpoint=str(self.cfg.checkpoint),
-            device=self.cfg.device,
-            builder=builder,
-            points_per_side=self.cfg.points_per_side,
-            points_per_batch=self.cfg.points_per_batch,
-            pred_iou_thresh=self.cfg.pred_iou_thresh,
-            stability_score_thresh=self.cfg.stability_score_thresh,
-            min_area_fraction=self.cfg.min_area_fraction,
-            cutout=self.cfg.cutout,
-            padding=self.cfg.padding,
-        )
+    def __init__(self, ctx: StageContext, cfg: SegmentConfig, builder: str = "") -> None:
+        self.ctx = ctx
+        self.cfg = cfg
+        self.spec = ModelSpec.from_config(cfg, builder)
         self.model = ModelProcess(self.spec)
         self.finder = PngTreeDiscovery(
-            rt,
-            inputs=rt.layout.upscaled,
-            outputs=rt.layout.segments,
+            ctx,
+            inputs=ctx.layout.stage_input(self.name),
+            outputs=ctx.layout.stage_output(self.name),
             output_of=segment_output,
             outputs_are_dirs=True,
         )
@@ -210,7 +180,7 @@ class SegmentStage(StageBase):
         path = Path(self.spec.checkpoint)
         st = path.stat()
         key = f"{path}:{st.st_size}:{st.st_mtime_ns}"
-        cache = self.rt.layout.state / "checksums.json"
+        cache = self.ctx.layout.checksums
         known: dict[str, str] = {}
         with contextlib.suppress(OSError, ValueError):
             known = json.loads(cache.read_bytes())
@@ -219,7 +189,7 @@ class SegmentStage(StageBase):
             atomic_write_json(cache, known)
         return known[key]
 
-    def run(self, item: Item, work: Work) -> dict[str, Any]:
+    def run(self, item: Item, work: Work) -> StageResult:
         assert item.source is not None
         source = read_source_png(item.source, self.name)
         if self._checkpoint_sha is None:
@@ -233,7 +203,7 @@ class SegmentStage(StageBase):
                 self._broken = str(exc)
                 raise
             manifest = {
-                "source": str(item.source.relative_to(self.rt.layout.root)),
+                "source": str(item.source.relative_to(self.ctx.layout.root)),
                 "source_sha256": sha256(source),
                 "model_type": self.spec.model_type,
                 "checkpoint": self.spec.checkpoint,
@@ -241,7 +211,7 @@ class SegmentStage(StageBase):
                 "cutout": self.spec.cutout,
                 "padding": self.spec.padding,
                 "min_area_fraction": self.spec.min_area_fraction,
-                "host": self.rt.host,
+                "host": self.ctx.host,
                 "started_at": started,
                 "finished_at": utc_iso(),
                 "seconds": result["model_seconds"],
@@ -250,8 +220,7 @@ class SegmentStage(StageBase):
             atomic_write_json(tmp / "manifest.json", manifest)
             work.check()
             work.commit(lambda: publish_dir(tmp, output), output=str(output))
-        return {
-            "output": str(output.relative_to(self.rt.layout.root)),
-            "segments": len(result["segments"]),
-            "device": result["device"],
-        }
+        return StageResult(
+            output=str(output.relative_to(self.ctx.layout.root)),
+            details={"segments": len(result["segments"]), "device": result["device"]},
+        )

@@ -1,6 +1,6 @@
 """Segment Anything in the segment stage's child process: the only module importing torch.
 
-Speed without changing the result (../shared/reference/sam.md §1): SAM's image encoder only
+Speed without changing the result (docs/segment.md#the-1024-fast-path): SAM's image encoder only
 ever sees a 1024-pixel image, but the stock generator run on a 2048² image upsamples and
 thresholds every candidate mask (3 per point, 3072 for a 32² grid) at 2048² before
 filtering. Here the generator runs on the 1024 copy made by SAM's own ResizeLongestSide,
@@ -38,7 +38,7 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from ..errors import PermanentItemError, StageUnavailable
-from .segment import ModelSpec
+from .segment_spec import ModelSpec
 
 WORKING_SIDE = 1024  # SAM's encoder input size
 # Prompts decoded per batch when the config says 0. The decoder repeats the 64×64×256 image

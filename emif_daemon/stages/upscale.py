@@ -4,24 +4,15 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ..engine import Discovery, Item, StageBase, Work
+from ..config import UpscaleConfig
 from ..errors import TransientError
 from ..files import png_problem, png_shape, png_size
 from ..layout import upscale_output
-from ..sdapi import IMG2IMG
-from .common import (
-    PngTreeDiscovery,
-    publish_png,
-    read_source_png,
-    server_for,
-    sha256,
-    utc_iso,
-)
-
-if TYPE_CHECKING:
-    from ..daemon import Runtime
+from ..sdapi import IMG2IMG, Server
+from ..stage import Discovery, Item, StageBase, StageContext, StageResult, Work
+from .common import PngTreeDiscovery, publish_png, read_source_png, sha256, utc_iso
 
 
 def pass_payload(template: dict[str, Any], image: bytes) -> dict[str, Any]:
@@ -39,14 +30,14 @@ class UpscaleStage(StageBase):
     # server busy (each item is two round-trips; the server limit still holds).
     workers = 2
 
-    def __init__(self, rt: Runtime) -> None:
-        self.rt = rt
-        self.cfg = rt.cfg.upscale
-        self.server = server_for(rt, rt.cfg.upscale_url)
+    def __init__(self, ctx: StageContext, cfg: UpscaleConfig, server: Server) -> None:
+        self.ctx = ctx
+        self.cfg = cfg
+        self.server = server
         self.finder = PngTreeDiscovery(
-            rt,
-            inputs=rt.layout.generations,
-            outputs=rt.layout.upscaled,
+            ctx,
+            inputs=ctx.layout.stage_input(self.name),
+            outputs=ctx.layout.stage_output(self.name),
             output_of=upscale_output,
         )
 
@@ -64,11 +55,12 @@ class UpscaleStage(StageBase):
     def discover(self) -> Discovery:
         return self.finder.discover()
 
-    def run(self, item: Item, work: Work) -> dict[str, Any]:
+    def run(self, item: Item, work: Work) -> StageResult:
         assert item.source is not None
         source = read_source_png(item.source, self.name)
         started = time.time()
-        current, sent, server_seconds = source, [], 0.0
+        current, server_seconds = source, 0.0
+        sent: list[dict[str, Any]] = []
         passes = self.cfg.passes
         for n, template in enumerate(passes, 1):
             payload = pass_payload(template, current)
@@ -86,18 +78,19 @@ class UpscaleStage(StageBase):
             current = answer.images[0]
             sent.append(payload)
             work.check()
-        expect = tuple(self.cfg.expect_size) if self.cfg.expect_size else None
-        problem = png_problem(current, expect)  # type: ignore[arg-type]
+        size = self.cfg.expect_size
+        expect = (size[0], size[1]) if size else None  # config: [] or [width, height]
+        problem = png_problem(current, expect)
         if problem:
             raise TransientError(f"final image: {problem}")
         info = self.server.info
         sidecar = {
-            "source": str(item.source.relative_to(self.rt.layout.root)),
+            "source": str(item.source.relative_to(self.ctx.layout.root)),
             "source_sha256": sha256(source),
             "passes": sent,
             "server_url": self.server.url,
             "server_kind": info.kind if info else None,
-            "host": self.rt.host,
+            "host": self.ctx.host,
             "started_at": utc_iso(started),
             "finished_at": utc_iso(),
             "seconds": round(time.time() - started, 3),
@@ -105,7 +98,7 @@ class UpscaleStage(StageBase):
         }
         output = item.outputs[0]
         work.commit(lambda: publish_png(output, current, sidecar), output=str(output))
-        return {
-            "output": str(output.relative_to(self.rt.layout.root)),
-            "server_seconds": round(server_seconds, 3),
-        }
+        return StageResult(
+            output=str(output.relative_to(self.ctx.layout.root)),
+            server_seconds=round(server_seconds, 3),
+        )

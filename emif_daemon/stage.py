@@ -1,0 +1,133 @@
+"""The contract between the engine and the stages (docs/architecture.md#stages).
+
+A stage says what work there is (`discover`, read-only), does one item under a claim
+(`run`), and may tidy its inputs first (`maintain`: the generate stage's intake of prompts
+files). It gets a `StageContext` — the root, who we are, the file server's clock — and its
+own config section; it never sees the daemon's wiring.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from .claims import Claim, ClaimStore
+from .clock import ServerClock
+from .errors import ClaimLost, Shutdown
+from .identity import HostIdentity
+from .layout import Layout
+from .watch import Settler
+
+EventSink = Callable[[str, Mapping[str, Any]], None]
+
+
+def no_events(_event: str, _data: Mapping[str, Any]) -> None:
+    """An event sink that drops everything (tests, read-only tools)."""
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """What every stage may use; frozen, so a stage cannot rewire the daemon."""
+
+    layout: Layout
+    identity: HostIdentity
+    clock: ServerClock
+    settler: Settler
+    events: EventSink = no_events
+
+    @property
+    def host(self) -> str:
+        return self.identity.host
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work; done when every output exists."""
+
+    key: str
+    outputs: tuple[Path, ...]
+    source: Path | None = None
+    data: Any = None  # the stage's own description of the item (a planned generation)
+    batch: str | None = None  # the prompts file it belongs to, if any
+
+    def done(self) -> bool:
+        return all(p.exists() for p in self.outputs)
+
+
+@dataclass
+class Discovery:
+    """What a stage found: items to try, and how many wait for something else."""
+
+    items: list[Item] = field(default_factory=list)
+    waiting: int = 0  # inputs not settled yet, or not ready for another reason
+
+
+@dataclass(frozen=True)
+class StageResult:
+    """What a finished item reports: logged with `item_done`, sent to listeners, metered."""
+
+    output: str
+    server_seconds: float | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    def fields(self) -> dict[str, Any]:
+        extra = {} if self.server_seconds is None else {"server_seconds": self.server_seconds}
+        return {"output": self.output, **extra, **self.details}
+
+
+class Work:
+    """What a stage may do with the claim it runs under."""
+
+    def __init__(self, store: ClaimStore, claim: Claim, stop: threading.Event) -> None:
+        self._store = store
+        self._claim = claim
+        self._stop = stop
+
+    def check(self) -> None:
+        """Unwind at shutdown between steps; raises Shutdown or ClaimLost."""
+        if self._stop.is_set() or self._claim.abandoned:
+            raise Shutdown
+        if self._claim.lost:
+            raise ClaimLost(self._claim.item)
+
+    def commit(self, publish: Callable[[], object], **record: Any) -> None:
+        """Publish the output and mark the claim done, or raise if the claim is not ours."""
+        if not self._store.commit(self._claim, publish, **record):
+            if self._claim.abandoned:
+                raise Shutdown
+            raise ClaimLost(self._claim.item)
+
+
+class Stage(Protocol):
+    name: str
+    priority: int  # a shared server serves the higher priority first (downstream stages)
+    workers: int  # worker threads; >1 lets one item's own work hide behind another's request
+
+    def unavailable(self) -> str | None: ...
+    def maintain(self) -> None: ...
+    def discover(self) -> Discovery: ...
+    def run(self, item: Item, work: Work) -> StageResult: ...
+    def wait_available(self, stop: threading.Event) -> None: ...
+    def close(self) -> None: ...
+
+
+class StageBase:
+    """Defaults for a Stage's optional parts: always available, nothing to maintain, wait
+    for or close."""
+
+    workers = 1
+
+    def unavailable(self) -> str | None:
+        return None
+
+    def maintain(self) -> None:
+        """Tidy the stage's inputs before discovery (may write to the share)."""
+
+    def wait_available(self, stop: threading.Event) -> None:
+        """Block until the stage can work again after ServerUnavailable (or `stop` is set)."""
+
+    def close(self) -> None:
+        """Release what the stage holds (a child process) at shutdown."""

@@ -1,0 +1,181 @@
+"""The shape of the code, checked: layers, no import circles, small modules, docs in the repo.
+
+cli → daemon (wiring) → stages/ → core; nothing imports a layer above its own.
+"""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import io
+import re
+import tokenize
+from pathlib import Path
+
+from emif_daemon.engine import Engine
+
+PACKAGE = Path(__file__).resolve().parent.parent / "emif_daemon"
+REPO = PACKAGE.parent
+MAX_MODULE_LINES = 400
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imports_of(path: Path, name: str) -> set[str]:
+    """Every module of the package that `path` imports, at any depth (lazy ones too)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - node.level + 1]
+                target = ".".join([*base, node.module] if node.module else base)
+            else:
+                target = node.module or ""
+            found.add(target)
+            found.update(f"{target}.{a.name}" for a in node.names)
+    known = modules()
+    return {m for m in found if m in known and m != name}
+
+
+def layer(name: str) -> int:
+    if name == "emif_daemon.cli":
+        return 3
+    if name == "emif_daemon.daemon":
+        return 2
+    if name.startswith("emif_daemon.stages"):
+        return 1
+    return 0
+
+
+def test_nothing_imports_a_layer_above_its_own() -> None:
+    wrong = [
+        f"{name} imports {dep}"
+        for name, path in modules().items()
+        for dep in sorted(imports_of(path, name))
+        if layer(dep) > layer(name)
+    ]
+    assert wrong == []
+
+
+def test_there_is_no_import_circle() -> None:
+    graph = {name: imports_of(path, name) for name, path in modules().items()}
+    circles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for dep in sorted(graph[node]):
+            if state.get(dep) == 1:
+                circles.append([*path[path.index(dep) :], dep])
+            elif dep not in state:
+                visit(dep, [*path, dep])
+        state[node] = 2
+
+    for node in sorted(graph):
+        if node not in state:
+            visit(node, [node])
+    assert circles == []
+
+
+def test_only_the_segment_model_imports_torch() -> None:
+    heavy = {"torch", "torchvision", "segment_anything"}
+    users = set()
+    for name, path in modules().items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and not node.level
+                else []
+            )
+            if any(n.split(".")[0] in heavy for n in names):
+                users.add(name)
+    assert users == {"emif_daemon.stages.segment_model"}
+
+
+def test_no_module_is_over_400_lines() -> None:
+    long = {
+        name: n
+        for name, path in modules().items()
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}
+
+
+def test_the_engine_takes_at_most_8_parameters() -> None:
+    params = [p for p in inspect.signature(Engine.__init__).parameters if p != "self"]
+    assert len(params) <= 8, params
+
+
+def comments_and_docstrings(path: Path) -> list[tuple[int, str]]:
+    text = path.read_text(encoding="utf-8")
+    out = [
+        (tok.start[0], tok.string)
+        for tok in tokenize.generate_tokens(io.StringIO(text).readline)
+        if tok.type == tokenize.COMMENT
+    ]
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.Module | ast.ClassDef | ast.FunctionDef | ast.AsyncFunctionDef):
+            doc = ast.get_docstring(node, clean=False)
+            if doc:
+                out.append((getattr(node, "lineno", 1), doc))
+    return out
+
+
+OUTSIDE = re.compile(r"\bSPEC\b|\.\./shared|\breference/|shared/reference|STYLE\.md")
+
+
+def test_no_comment_points_outside_the_repository() -> None:
+    sources = [*PACKAGE.rglob("*.py"), *(REPO / "tests").glob("*.py")]
+    sources += [*(REPO / "benchmarks").glob("*.py")]
+    bad = [
+        f"{path.relative_to(REPO)}:{line}: {OUTSIDE.search(text).group(0)}"  # type: ignore[union-attr]
+        for path in sources
+        if path.name != "test_architecture.py"
+        for line, text in comments_and_docstrings(path)
+        if OUTSIDE.search(text)
+    ]
+    assert bad == []
+
+
+def test_the_docs_that_comments_point_to_exist() -> None:
+    """`docs/<page>.md#<anchor>` in a comment names a real page and heading."""
+    pointer = re.compile(r"docs/([a-z_-]+\.md)(?:#([a-z0-9-]+))?")
+    missing = []
+    for path in [*PACKAGE.rglob("*.py"), *(REPO / "tests").glob("*.py")]:
+        for line, text in comments_and_docstrings(path):
+            for page, anchor in pointer.findall(text):
+                doc = REPO / "docs" / page
+                if not doc.exists():
+                    missing.append(f"{path.name}:{line}: docs/{page}")
+                elif anchor and anchor not in anchors(doc):
+                    missing.append(f"{path.name}:{line}: docs/{page}#{anchor}")
+    assert missing == []
+
+
+def anchors(doc: Path) -> set[str]:
+    """GitHub-style anchors of a Markdown page's headings."""
+    out = set()
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            title = re.sub(r"[^\w\- ]", "", title)
+            out.add(title.replace(" ", "-"))
+    return out
