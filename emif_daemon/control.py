@@ -26,7 +26,8 @@ def retry_failed(layout: Layout, stage: str | None = None) -> dict[str, int]:
         log = FailureLog(layout.failed, name)
         keys = log.keys()
         for key in keys:
-            batch = log.read(key).get("batch")
+            record = log.read(key)
+            batch = record.batch if record else None
             forget_broken(layout.broken, name, key)
             if batch:
                 with contextlib.suppress(FileNotFoundError, FileExistsError):

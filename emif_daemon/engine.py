@@ -18,7 +18,7 @@ import structlog
 from .claims import Claim, ClaimStore
 from .drain import DrainDetector
 from .errors import ClaimLost, Shutdown, TransientError
-from .failures import FailureLog
+from .failures import FailureLog, FailureRecord
 from .hooks import EngineHooks, GuardedHooks, HostState
 from .keeper import Keeper, Timing
 from .logs import get_logger
@@ -345,17 +345,11 @@ class Engine:
         return None
 
     def _fail(self, stage: Stage, item: Item, reason: str, attempts: int) -> ItemResult:
-        record = {
-            "stage": stage.name,
-            "item": item.key,
-            "reason": reason,
-            "attempts": attempts,
-            "host": self.store.host,
-            "batch": item.batch,
-            "failed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        }
+        record = FailureRecord.now(
+            stage.name, item.key, reason, attempts, self.store.host, item.batch
+        )
         try:
-            self.failures[stage.name].record(item.key, record)
+            self.failures[stage.name].record(record)
         except OSError as exc:
             # Without its record the item would be retried for ever by every host: give it
             # back and say why, loudly.
@@ -364,5 +358,5 @@ class Engine:
         with self._count_lock:
             self.stats[stage.name].failed += 1
         self.log.error("item_failed", reason=reason, attempts=attempts)
-        self.hooks.on_event("item_failed", record)
+        self.hooks.on_event("item_failed", record.to_json())
         return ItemResult(ItemOutcome.FAILED)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +16,49 @@ from .watch import TreeScanner
 SUFFIX = ".json"
 
 
+@dataclass(frozen=True)
+class FailureRecord:
+    """Why an item failed; what `emif status`, batch summaries and `emif retry` read."""
+
+    stage: str
+    item: str
+    reason: str
+    attempts: int
+    host: str
+    batch: str | None = None
+    failed_at: str = ""
+
+    @classmethod
+    def now(
+        cls, stage: str, item: str, reason: str, attempts: int, host: str, batch: str | None
+    ) -> FailureRecord:
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        return cls(stage, item, reason, attempts, host, batch, at)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], stage: str, item: str) -> FailureRecord:
+        """Tolerant: a record written by hand or by an older version still reads."""
+        attempts = doc.get("attempts")
+        batch = doc.get("batch")
+        return cls(
+            stage=stage,
+            item=item,
+            reason=str(doc.get("reason", "")),
+            attempts=attempts if isinstance(attempts, int) else 0,
+            host=str(doc.get("host", "")),
+            batch=batch if isinstance(batch, str) else None,
+            failed_at=str(doc.get("failed_at", "")),
+        )
+
+
 class FailureLog:
     """The failure records of one stage; listing them again is cheap (TreeScanner)."""
 
     def __init__(self, failed_dir: Path, stage: str) -> None:
+        self.stage = stage
         self.folder = failed_dir / stage
         self._scanner = TreeScanner(self.folder, want=lambda n: n.endswith(SUFFIX))
 
@@ -30,17 +71,17 @@ class FailureLog:
     def has(self, key: str) -> bool:
         return self.path(key).exists()
 
-    def read(self, key: str) -> dict[str, Any]:
-        """The record, or {} if it is gone or unreadable."""
+    def read(self, key: str) -> FailureRecord | None:
+        """The record, or None if it is gone or unreadable."""
         with contextlib.suppress(OSError, ValueError):
             doc = json.loads(self.path(key).read_bytes())
             if isinstance(doc, dict):
-                return doc
-        return {}
+                return FailureRecord.from_json(doc, self.stage, key)
+        return None
 
-    def record(self, key: str, doc: dict[str, Any]) -> Path:
-        path = self.path(key)
-        atomic_write_json(path, doc)
+    def record(self, record: FailureRecord) -> Path:
+        path = self.path(record.item)
+        atomic_write_json(path, record.to_json())
         return path
 
     def forget(self, key: str) -> None:

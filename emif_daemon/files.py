@@ -121,9 +121,9 @@ _AT_FDCWD = -100
 
 def _native_noreplace(src: bytes, dst: bytes) -> int | None:
     if sys.platform.startswith("linux") and hasattr(_LIBC, "renameat2"):
-        return _LIBC.renameat2(_AT_FDCWD, src, _AT_FDCWD, dst, 1)
+        return int(_LIBC.renameat2(_AT_FDCWD, src, _AT_FDCWD, dst, 1))
     if sys.platform == "darwin" and hasattr(_LIBC, "renamex_np"):
-        return _LIBC.renamex_np(src, dst, 0x4)
+        return int(_LIBC.renamex_np(src, dst, 0x4))
     return None
 
 

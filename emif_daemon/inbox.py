@@ -19,6 +19,7 @@ from .files import atomic_write_json, rename_noreplace
 from .layout import Layout, is_ignored
 from .logs import get_logger
 from .prompts import PlannedItem, expand, items_from_plan, parse, plan_document
+from .stage import EventSink
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,20 @@ class Expansion:
     template: str
     negative_default: str
     base_payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BatchSummary:
+    """How a prompts file ended: logged as `batch_done` and sent to listeners."""
+
+    items: int
+    done: int
+    failed: int
+    failures: list[dict[str, str | None]]
+
+    def fields(self) -> dict[str, Any]:
+        return {"items": self.items, "done": self.done, "failed": self.failed,
+                "failures": self.failures}  # fmt: skip
 
 
 @dataclass
@@ -95,7 +110,7 @@ def _move_unique(src: Path, folder: Path, avoid: tuple[Path, ...] = ()) -> Path 
 
 
 class Inbox:
-    def __init__(self, layout: Layout, exp: Expansion | None, on_event: Any) -> None:
+    def __init__(self, layout: Layout, exp: Expansion, on_event: EventSink) -> None:
         self.layout = layout
         self.exp = exp
         self.on_event = on_event
@@ -172,8 +187,6 @@ class Inbox:
         plan = self.plan_path(accepted.name)
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
             return items_from_plan(json.loads(plan.read_bytes()))
-        if self.exp is None:  # read-only use (status): never write
-            return None
         try:  # the host that accepted it died before writing the plan: derive it again
             data = accepted.read_bytes()
         except FileNotFoundError:
@@ -186,10 +199,10 @@ class Inbox:
         )
         return items
 
-    def finish(self, batch: Batch, counts: dict[str, int]) -> None:
+    def finish(self, batch: Batch, summary: BatchSummary) -> None:
         """Every item exists or failed: move the file to queue/done (one host wins)."""
         if _move_unique(batch.path, self.layout.done) is None:
             return
         self._plans.pop(batch.name, None)
-        self.log.info("batch_done", file=batch.name, **counts)
-        self.on_event("batch_done", {"file": batch.name, **counts})
+        self.log.info("batch_done", file=batch.name, **summary.fields())
+        self.on_event("batch_done", {"file": batch.name, **summary.fields()})

@@ -35,7 +35,10 @@ class StageCounts:
 
 
 def classify(
-    inputs: dict[str, str], outputs: set[str], failed: set[str], claims: dict[str, dict | None]
+    inputs: dict[str, str],
+    outputs: set[str],
+    failed: set[str],
+    claims: dict[str, dict[str, Any] | None],
 ) -> StageCounts:
     """Pure: item key → output key, what exists, what failed, claims of unfinished items."""
     counts = StageCounts()
@@ -53,7 +56,7 @@ def classify(
     return counts
 
 
-def _claims_of(layout: Layout, stage: str, keys: list[str]) -> dict[str, dict | None]:
+def _claims_of(layout: Layout, stage: str, keys: list[str]) -> dict[str, dict[str, Any] | None]:
     """Working claims among `keys` (items not done), with owner and mtime.
 
     One listing of the claims tree instead of a stat per unfinished item.
@@ -61,7 +64,7 @@ def _claims_of(layout: Layout, stage: str, keys: list[str]) -> dict[str, dict | 
     folder = layout.claims / stage
     listed = TreeScanner(folder, want=lambda n: n.endswith(CLAIM_SUFFIX)).scan()
     claimed = {rel.removesuffix(CLAIM_SUFFIX) for rel in listed}
-    found: dict[str, dict | None] = {}
+    found: dict[str, dict[str, Any] | None] = {}
     for key in claimed.intersection(keys):
         path = folder / (key + CLAIM_SUFFIX)
         try:

@@ -22,6 +22,7 @@ from emif_daemon.errors import (
     StageUnavailable,
     TransientError,
 )
+from emif_daemon.failures import FailureRecord
 from emif_daemon.hooks import EngineHooks, GuardedHooks, HostState
 from emif_daemon.metrics import ResourceSample
 from emif_daemon.outcomes import ItemOutcome, Verdict, reason_for, verdict_for
@@ -289,8 +290,8 @@ def test_a_failure_record_that_cannot_be_written_gives_the_item_back(root: Path)
             self.calls += 1
             raise PermanentItemError("HTTP 422: bad key")
 
-    def share_full(key: str, doc: dict[str, Any]) -> Path:
-        raise OSError(28, "No space left on device", key)
+    def share_full(record: FailureRecord) -> Path:
+        raise OSError(28, "No space left on device", record.item)
 
     kit = kit_for(root)
     stage = AlwaysPermanent()

@@ -15,7 +15,7 @@ from ..config import GenerateConfig
 from ..errors import TransientError
 from ..failures import FailureLog
 from ..files import png_problem
-from ..inbox import Batch, Expansion, Inbox, queued_files
+from ..inbox import Batch, BatchSummary, Expansion, Inbox, queued_files
 from ..layout import is_input_png
 from ..logs import get_logger
 from ..prompts import PlannedItem
@@ -94,18 +94,20 @@ class GenerateStage(StageBase):
             self.log.error("prompts_intake_failed", file=path.name, error=str(exc))
 
     def _finish(self, batch: Batch, todo: list[PlannedItem]) -> None:
-        summary = {
-            "items": len(batch.items),
-            "done": len(batch.items) - len(todo),
-            "failed": len(todo),
-            "failures": [
-                {"item": i.key, "reason": self.failures.read(i.key).get("reason")} for i in todo
-            ],
-        }
+        summary = BatchSummary(
+            items=len(batch.items),
+            done=len(batch.items) - len(todo),
+            failed=len(todo),
+            failures=[{"item": i.key, "reason": self._reason(i.key)} for i in todo],
+        )
         try:
             self.inbox.finish(batch, summary)
         except OSError as exc:
             self.log.error("batch_finish_failed", file=batch.name, error=str(exc))
+
+    def _reason(self, key: str) -> str | None:
+        record = self.failures.read(key)
+        return record.reason if record else None
 
     def _remaining(self, batch: Batch) -> tuple[list[PlannedItem], list[PlannedItem]]:
         """(items without all outputs, those of them not failed either)."""

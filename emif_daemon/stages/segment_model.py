@@ -99,7 +99,7 @@ def build_model(spec: ModelSpec) -> tuple[Sam, str]:
     return model, device
 
 
-class FastGenerator(SamAutomaticMaskGenerator):
+class FastGenerator(SamAutomaticMaskGenerator):  # type: ignore[misc]  # segment-anything is untyped
     """SamAutomaticMaskGenerator that filters by predicted IoU before upsampling and keeps
     the low-res logits of each candidate (no crop layers: the whole image is one crop)."""
 
@@ -213,7 +213,8 @@ def naive_masks(model: Sam, image: np.ndarray, spec: ModelSpec) -> list[dict[str
         box_nms_thresh=spec.box_nms_thresh,
     )
     with torch.no_grad():
-        return gen.generate(image)
+        masks: list[dict[str, Any]] = gen.generate(image)
+    return masks
 
 
 def mask_bbox(mask: np.ndarray) -> tuple[int, int, int, int]:
