@@ -18,6 +18,7 @@ run: $(BIN)/emif
 lint: $(BIN)/emif
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 test: lint
 	$(BIN)/python -m pytest -q -p no:cacheprovider
@@ -26,4 +27,4 @@ bench: $(BIN)/emif
 	$(BIN)/python benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache

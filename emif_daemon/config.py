@@ -1,8 +1,11 @@
 """config.toml → frozen, validated dataclasses.
 
-Every key is optional with the default of SPEC §6. An unknown key, a wrong type or a value
-out of range is an error that names the key (``server.max_attempts: expected an integer,
-got "3"``); all problems are reported together so a user fixes the file in one go.
+Every key is optional, with the default given on its field (docs/configuration.md). The
+fields carry their constraints too, read generically by the loader: choices as ``Literal``
+types, ranges in metadata (``bounded``), path-ness as the ``Path`` type, payload tables in
+metadata (``PAYLOAD``). An unknown key, a wrong type or a value out of range is an error that
+names the key (``server.max_attempts: expected an integer, got "3"``); all problems are
+reported together so a user fixes the file in one go.
 """
 
 from __future__ import annotations
@@ -13,16 +16,37 @@ import os
 import tomllib
 import types
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, TypeGuard, TypeVar
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 DEFAULT_PROMPT_TEMPLATE = (
     "{prompt}, (35mm lens photography), extremely detailed, 4k, shot on dslr, "
     "photorealistic, photographic, sharp"
 )
+
+
+N = TypeVar("N", int, float)
+D = TypeVar("D", bound="DataclassInstance")
+
+
+def bounded(default: N, low: float | None, high: float | None) -> N:
+    """A number field with its allowed range; None = unbounded on that side.
+
+    The bounds are printed as written in error messages, so keep 1 (not 1.0) where a message
+    should say "between 1 and 100".
+    """
+    return field(default=default, metadata={"range": (low, high)})
+
+
+# A table (or list of tables) sent to the server as is, once its `include` is resolved.
+PAYLOAD: Mapping[str, bool] = types.MappingProxyType({"payload": True})
 
 
 @dataclass(frozen=True)
@@ -33,11 +57,11 @@ class PathsConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     url: str = "http://127.0.0.1:7860"
-    connect_timeout_s: float = 5.0
-    read_timeout_s: float = 900.0
-    max_attempts: int = 3
-    max_concurrent: int = 1
-    backoff_s: float = 2.0
+    connect_timeout_s: float = bounded(5.0, 0.1, None)
+    read_timeout_s: float = bounded(900.0, 1, None)
+    max_attempts: int = bounded(3, 1, 100)
+    max_concurrent: int = bounded(1, 1, 64)
+    backoff_s: float = bounded(2.0, 0.01, 600)
 
 
 @dataclass(frozen=True)
@@ -45,7 +69,7 @@ class GenerateConfig:
     enabled: bool = True
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     negative_prompt: str = ""
-    payload: dict[str, Any] = field(default_factory=dict)
+    payload: dict[str, Any] = field(default_factory=dict, metadata=PAYLOAD)
 
 
 @dataclass(frozen=True)
@@ -53,44 +77,45 @@ class UpscaleConfig:
     enabled: bool = True
     server_url: str = ""
     expect_size: tuple[int, ...] = (2048, 2048)
-    passes: tuple[dict[str, Any], ...] = ()
+    passes: tuple[dict[str, Any], ...] = field(default=(), metadata=PAYLOAD)
 
 
 @dataclass(frozen=True)
 class SegmentConfig:
     enabled: bool = True
-    model_type: str = "vit_h"
+    model_type: Literal["vit_h", "vit_l", "vit_b"] = "vit_h"
     checkpoint: Path = Path("models/sam_vit_h_4b8939.pth")
-    device: str = "auto"
-    points_per_side: int = 32
-    points_per_batch: int = 0  # 0: chosen for the device (small batches are faster on a CPU)
-    pred_iou_thresh: float = 0.88
-    stability_score_thresh: float = 0.95
-    min_area_fraction: float = 0.001
-    cutout: str = "square"
-    padding: float = 0.05
-    recycle_after: int = 50
+    device: Literal["auto", "mps", "cuda", "cpu"] = "auto"
+    points_per_side: int = bounded(32, 1, 256)
+    # 0: chosen for the device (small batches are faster on a CPU)
+    points_per_batch: int = bounded(0, 0, 1024)
+    pred_iou_thresh: float = bounded(0.88, 0, 1)
+    stability_score_thresh: float = bounded(0.95, 0, 1)
+    min_area_fraction: float = bounded(0.001, 0, 1)
+    cutout: Literal["square", "canvas"] = "square"
+    padding: float = bounded(0.05, 0, 1)
+    recycle_after: int = bounded(50, 1, None)
 
 
 @dataclass(frozen=True)
 class WatchConfig:
-    mode: str = "auto"
-    rescan_interval_s: float = 15.0
-    settle_s: float = 2.0
+    mode: Literal["auto", "poll"] = "auto"
+    rescan_interval_s: float = bounded(15.0, 0.05, None)
+    settle_s: float = bounded(2.0, 0, None)
 
 
 @dataclass(frozen=True)
 class CoordinationConfig:
     host_id: str = ""
-    heartbeat_s: float = 15.0
-    lease_s: float = 120.0
+    heartbeat_s: float = bounded(15.0, 0.05, None)
+    lease_s: float = bounded(120.0, 0.1, None)
 
 
 @dataclass(frozen=True)
 class LoggingConfig:
-    level: str = "info"
+    level: Literal["debug", "info", "warning", "error"] = "info"
     file: str = ""
-    progress_s: float = 60.0
+    progress_s: float = bounded(60.0, 0.1, None)
 
 
 @dataclass(frozen=True)
@@ -107,7 +132,7 @@ class ReportConfig:
 class NotifyConfig:
     webhook_url: str = ""
     macos_banner: bool = False
-    max_retries: int = 8
+    max_retries: int = bounded(8, 0, 100)
 
 
 @dataclass(frozen=True)
@@ -130,42 +155,11 @@ class Config:
         return self.upscale.server_url or self.server.url
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "segment.model_type": ("vit_h", "vit_l", "vit_b"),
-    "segment.device": ("auto", "mps", "cuda", "cpu"),
-    "segment.cutout": ("square", "canvas"),
-    "watch.mode": ("auto", "poll"),
-    "logging.level": ("debug", "info", "warning", "error"),
-}
-
-# (minimum, maximum) for numbers; None = unbounded on that side.
-RANGES: dict[str, tuple[float | None, float | None]] = {
-    "server.connect_timeout_s": (0.1, None),
-    "server.read_timeout_s": (1, None),
-    "server.max_attempts": (1, 100),
-    "server.max_concurrent": (1, 64),
-    "server.backoff_s": (0.01, 600),
-    "segment.points_per_side": (1, 256),
-    "segment.points_per_batch": (0, 1024),
-    "segment.pred_iou_thresh": (0, 1),
-    "segment.stability_score_thresh": (0, 1),
-    "segment.min_area_fraction": (0, 1),
-    "segment.padding": (0, 1),
-    "segment.recycle_after": (1, None),
-    "watch.rescan_interval_s": (0.05, None),
-    "watch.settle_s": (0, None),
-    "coordination.heartbeat_s": (0.05, None),
-    "coordination.lease_s": (0.1, None),
-    "notify.max_retries": (0, 100),
-    "logging.progress_s": (0.1, None),
-}
-
-PATH_KEYS = {"paths.root", "segment.checkpoint"}
-PAYLOAD_KEYS = {"generate.payload", "upscale.passes"}
-
-
 def resolve_config_path(cli_path: str | None) -> Path:
-    """`--config PATH`, else `$EMIF_CONFIG`, else `./config.toml` (SPEC §6)."""
+    """`--config PATH`, else `$EMIF_CONFIG`, else `./config.toml`.
+
+    (docs/configuration.md#finding-the-file)
+    """
     return Path(cli_path or os.environ.get("EMIF_CONFIG") or "config.toml")
 
 
@@ -191,28 +185,47 @@ def parse_config(table: dict[str, Any], *, base_dir: Path, source: Path | None =
     return dataclasses.replace(sections, source=source)
 
 
-def _build(cls: type, table: dict[str, Any], prefix: str, base: Path, problems: list[str]) -> Any:
+# What a field's declaration says about its key, read generically from the dataclasses:
+#   a dataclass type           a section, [name]
+#   Literal["a", "b"]          one of these choices
+#   metadata {"range": (l, h)} a number within [l, h] (see `bounded`)
+#   Path                       a path, relative to the config file's folder
+#   metadata PAYLOAD          a table (or list of tables) for the server
+
+
+def _build(cls: type[D], table: dict[str, Any], prefix: str, base: Path, problems: list[str]) -> D:
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
+    fields = [f for f in dataclasses.fields(cls) if f.name != "source"]
+    known = sorted(f.name for f in fields)
     for key in table:
         if key not in known:
-            problems.append(f"{prefix}{key}: unknown key (known: {', '.join(sorted(known))})")
+            problems.append(f"{prefix}{key}: unknown key (known: {', '.join(known)})")
     values: dict[str, Any] = {}
-    for f in dataclasses.fields(cls):
-        dotted = f"{prefix}{f.name}"
-        if f.name not in table and dotted in PATH_KEYS:  # defaults are relative to the file too
-            values[f.name] = (base / f.default).resolve()  # type: ignore[operator]
-    for name in known:
-        if name not in table and not dataclasses.is_dataclass(hints[name]):
+    for f in fields:
+        hint, key = hints[f.name], f"{prefix}{f.name}"
+        if f.name in table:
+            value = _convert(key, hint, f.metadata, table[f.name], base, problems)
+        elif _is_section(hint):  # a missing section still needs its path defaults resolved
+            value = _build(hint, {}, key + ".", base, problems)
+        elif hint is Path and isinstance(f.default, Path):  # defaults are relative to the file
+            value = (base / f.default).resolve()
+        else:
             continue
-        dotted = f"{prefix}{name}"
-        value = _convert(dotted, hints[name], table.get(name, {}), base, problems)
         if value is not _BAD:
-            values[name] = value
+            values[f.name] = value
     return cls(**values)
 
 
 _BAD = object()
+
+
+def _is_section(hint: object) -> TypeGuard[type[DataclassInstance]]:
+    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
+
+
+def choices_of(hint: object) -> tuple[Any, ...]:
+    """The values a `Literal[...]` field allows; () for any other type."""
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
 
 
 def _describe(value: Any) -> str:
@@ -222,33 +235,44 @@ def _describe(value: Any) -> str:
         return repr(value)
 
 
-def _convert(key: str, hint: Any, value: Any, base: Path, problems: list[str]) -> Any:
-    if dataclasses.is_dataclass(hint):
+def _convert(
+    key: str,
+    hint: object,
+    metadata: Mapping[str, Any],
+    value: Any,
+    base: Path,
+    problems: list[str],
+) -> Any:
+    if _is_section(hint):
         if not isinstance(value, dict):
             problems.append(f"{key}: expected a table [{key}], got {_describe(value)}")
             return _BAD
         return _build(hint, value, key + ".", base, problems)
-    if key in PAYLOAD_KEYS:
-        return _convert_payloads(key, value, base, problems)
+    if metadata.get("payload"):
+        return _convert_payloads(key, hint, value, base, problems)
     checked = _check_scalar(key, hint, value)
     if isinstance(checked, str):
         problems.append(checked)
         return _BAD
     value = checked[0]
-    if key in CHOICES and value not in CHOICES[key]:
-        problems.append(f"{key}: must be one of {', '.join(CHOICES[key])}, got {_describe(value)}")
+    choices = choices_of(hint)
+    if choices and value not in choices:
+        problems.append(f"{key}: must be one of {', '.join(choices)}, got {_describe(value)}")
         return _BAD
-    low, high = RANGES.get(key, (None, None))
+    low, high = metadata.get("range", (None, None))
     if (low is not None and value < low) or (high is not None and value > high):
         problems.append(f"{key}: must be between {low} and {high}, got {value}")
         return _BAD
-    if key in PATH_KEYS:
+    if hint is Path:
         return (base / Path(value).expanduser()).resolve()
     return value
 
 
-def _check_scalar(key: str, hint: Any, value: Any) -> tuple[Any] | str:
+def _check_scalar(key: str, hint: object, value: Any) -> tuple[Any] | str:
     """Return (converted,) or an error message naming the key."""
+    choices = choices_of(hint)
+    if choices:  # checked as the choices' type first (all strings), then against the choices
+        hint = type(choices[0])
     origin = typing.get_origin(hint)
     if hint is bool:
         ok, want = isinstance(value, bool), "true or false"
@@ -275,23 +299,26 @@ def _check_scalar(key: str, hint: Any, value: Any) -> tuple[Any] | str:
     return (value,) if ok else f"{key}: expected {want}, got {_describe(value)}"
 
 
-def _convert_payloads(key: str, value: Any, base: Path, problems: list[str]) -> Any:
-    if key == "generate.payload":
+def _convert_payloads(key: str, hint: object, value: Any, base: Path, problems: list[str]) -> Any:
+    if typing.get_origin(hint) is dict:  # one table, [key]
         if not isinstance(value, dict):
             problems.append(f"{key}: expected a table [{key}], got {_describe(value)}")
             return _BAD
         return resolve_include(key, value, base, problems)
+    # a tuple of tables, [[key]]
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         problems.append(f"{key}: expected [[{key}]] tables, got {_describe(value)}")
         return _BAD
     return tuple(resolve_include(f"{key}[{i}]", v, base, problems) for i, v in enumerate(value))
 
 
-def resolve_include(key: str, table: dict[str, Any], base: Path, problems: list[str]) -> dict:
+def resolve_include(
+    key: str, table: dict[str, Any], base: Path, problems: list[str]
+) -> dict[str, Any]:
     """`include = "recipes/x.json"`: the JSON object is the base, the table's keys override it.
 
     TOML has no null, and Draw Things clears a setting only with JSON null, so recipes are
-    JSON in the server's own format (SPEC §4).
+    JSON in the server's own format (docs/servers.md#payloads).
     """
     table = dict(table)
     include = table.pop("include", None)

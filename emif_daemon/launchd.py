@@ -1,4 +1,7 @@
-"""The per-user LaunchAgent (SPEC §9): render the template, install and uninstall it."""
+"""The per-user LaunchAgent: render the template, install and uninstall it.
+
+(README.md#running-unattended-on-a-mac)
+"""
 
 from __future__ import annotations
 

@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from structlog.typing import EventDict, Processor, WrappedLogger
 
 LOGGER_NAME = "emif"
 
 
-def _add_host(host: str) -> structlog.types.Processor:
-    def add_host(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+def _add_host(host: str) -> Processor:
+    def add_host(_logger: WrappedLogger, _name: str, event: EventDict) -> EventDict:
         event.setdefault("host", host)
         return event
 
@@ -32,7 +33,7 @@ def configure_logging(
     bars: bool = False,
 ) -> None:
     """JSON lines to `file`; to stderr as JSON, or as coloured lines when it is a terminal."""
-    shared: list[structlog.types.Processor] = [
+    shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -86,4 +87,4 @@ def configure_logging(
 
 
 def get_logger(**bound: Any) -> structlog.stdlib.BoundLogger:
-    return structlog.get_logger(LOGGER_NAME, **bound)
+    return structlog.stdlib.get_logger(LOGGER_NAME, **bound)

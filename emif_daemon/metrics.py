@@ -1,4 +1,4 @@
-"""Per-host metrics: one CSV row per finished item (SPEC §8)."""
+"""Per-host metrics: one CSV row per finished item (docs/protocol.md#the-root)."""
 
 from __future__ import annotations
 

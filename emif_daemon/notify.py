@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import requests
@@ -23,7 +24,7 @@ from .retry import compute_backoff
 EVENTS = ("batch_done", "item_failed", "stage_unavailable")
 
 
-def banner_text(event: str, data: dict[str, Any]) -> str:
+def banner_text(event: str, data: Mapping[str, Any]) -> str:
     if event == "batch_done":
         return f"{data.get('file')}: {data.get('done')} done, {data.get('failed')} failed"
     if event == "item_failed":
@@ -57,7 +58,7 @@ class Notifier:
         self._thread = threading.Thread(target=self._deliver, name="notify", daemon=True)
         self._thread.start()
 
-    def __call__(self, event: str, data: dict[str, Any]) -> None:
+    def __call__(self, event: str, data: Mapping[str, Any]) -> None:
         """Queue an event; returns at once."""
         if event not in EVENTS:
             return

@@ -1,4 +1,7 @@
-"""Keep a Mac awake while items are in flight (SPEC §9): `caffeinate -i -w <pid>`."""
+"""Keep a Mac awake while items are in flight: `caffeinate -i -w <pid>`.
+
+(docs/architecture.md#threads)
+"""
 
 from __future__ import annotations
 

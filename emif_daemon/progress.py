@@ -7,12 +7,27 @@ import shutil
 import sys
 import threading
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Never, Protocol, TextIO
 
 from tqdm import tqdm
 
 
-class TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]
+class StageCounters(Protocol):
+    """What a bar needs of a stage's counters (the engine's StageStats has them)."""
+
+    @property
+    def done(self) -> int: ...
+    @property
+    def failed(self) -> int: ...
+    @property
+    def skipped(self) -> int: ...
+    @property
+    def pending(self) -> int: ...
+    @property
+    def busy(self) -> int: ...
+
+
+class TqdmHandler(logging.StreamHandler[TextIO]):
     """Writes log lines through tqdm so they do not tear the bars."""
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -25,10 +40,12 @@ class TqdmHandler(logging.StreamHandler):  # type: ignore[type-arg]
 class TerminalProgress:
     """Redraws a bar per stage from the engine's counters twice a second."""
 
-    def __init__(self, stats: Callable[[], Mapping[str, Any]], interval: float = 0.5) -> None:
+    def __init__(
+        self, stats: Callable[[], Mapping[str, StageCounters]], interval: float = 0.5
+    ) -> None:
         self.stats = stats
         self.interval = interval
-        self._bars: dict[str, tqdm] = {}  # type: ignore[type-arg]
+        self._bars: dict[str, tqdm[Never]] = {}  # bars without an iterable
         self._seen: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="progress", daemon=True)

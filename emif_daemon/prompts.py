@@ -1,4 +1,6 @@
-"""Prompts files: parse, validate and expand into items (SPEC §3). Pure: bytes in, plan out.
+"""Prompts files: parse, validate and expand into items. Pure: bytes in, plan out.
+
+The format is in README.md#quick-start, the path of an item in docs/architecture.md#the-data-path.
 
 Every problem is reported with its JSON location (``jobs[3].nation: contains '/'``), all at
 once, so a user fixes a file in one go.
@@ -10,7 +12,7 @@ import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 from .layout import name_problem, safe_name
 
@@ -58,6 +60,23 @@ class PlannedItem:
         return [f"{self.nation}/{self.category}/{stem}_{k}.png" for k in range(1, self.images + 1)]
 
 
+class PlanDocument(TypedDict):
+    """`.emif/jobs/<stem>.plan.json`: the expanded items of an accepted file."""
+
+    source: str
+    sha256: str
+    items: list[dict[str, Any]]  # PlannedItem fields
+
+
+class _Settings(TypedDict):
+    """What `defaults` or one entry sets; None = not set there."""
+
+    count: int | None
+    seed: int | None
+    negative_prompt: str | None
+    payload: dict[str, Any]
+
+
 @dataclass
 class Parsed:
     name: str | None = None
@@ -66,7 +85,7 @@ class Parsed:
 
 
 def parse(data: bytes) -> Parsed:
-    """Both shapes of SPEC §3; `problems` is empty when the file is valid."""
+    """Both shapes of a prompts file (README.md#quick-start); no `problems` = valid."""
     out = Parsed()
     if not data.strip():
         out.problems.append("$: the file is empty; it must hold a JSON object or list")
@@ -154,7 +173,7 @@ def _parse_legacy(doc: list[Any], out: Parsed) -> None:
                     f"{loc}.prompt_addition: contains {why} of the words 'family' and 'working'; "
                     "the category is taken from exactly one of them"
                 )
-        base = {"count": 1, "seed": None, "negative_prompt": None, "payload": {}}
+        base: _Settings = {"count": 1, "seed": None, "negative_prompt": None, "payload": {}}
         _add_job(out, loc, nation, category, addition, entry, base, prompt_key="prompt_addition")
 
 
@@ -165,7 +184,7 @@ def _add_job(
     category: str | None,
     prompt: object,
     entry: dict[str, Any],
-    base: dict[str, Any],
+    base: _Settings,
     prompt_key: str = "prompt",
 ) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
@@ -178,28 +197,25 @@ def _add_job(
         start = None
     if nation is None or category is None or prompt is None:
         return
-    merged = {k: own[k] if own.get(k) is not None else base.get(k) for k in DEFAULT_KEYS}
-    payload = {**(base.get("payload") or {}), **(own.get("payload") or {})}
+    count = own["count"] if own["count"] is not None else base["count"]
+    seed = own["seed"] if own["seed"] is not None else base["seed"]
+    negative = own["negative_prompt"]
+    negative = negative if negative is not None else base["negative_prompt"]
+    payload = {**base["payload"], **own["payload"]}
     out.jobs.append(
-        Job(
-            loc,
-            nation,
-            category,
-            str(prompt),
-            merged["count"] or 1,
-            merged["seed"],
-            merged["negative_prompt"],
-            payload,
-            start,
-        )
+        Job(loc, nation, category, str(prompt), count or 1, seed, negative, payload, start)
     )
 
 
 def _common(
     table: dict[str, Any], loc: str, problems: list[str], count_default: int | None
-) -> dict[str, Any]:
-    result: dict[str, Any] = {"count": count_default, "seed": None, "negative_prompt": None}
-    result["payload"] = {}
+) -> _Settings:
+    result: _Settings = {
+        "count": count_default,
+        "seed": None,
+        "negative_prompt": None,
+        "payload": {},
+    }
     if "count" in table:
         if _int_in(table["count"], 1, MAX_COUNT):
             result["count"] = table["count"]
@@ -317,9 +333,9 @@ def expand(
     return items
 
 
-def plan_document(source: str, file_sha: str, items: list[PlannedItem]) -> dict[str, Any]:
+def plan_document(source: str, file_sha: str, items: list[PlannedItem]) -> PlanDocument:
     return {"source": source, "sha256": file_sha, "items": [asdict(i) for i in items]}
 
 
-def items_from_plan(doc: dict[str, Any]) -> list[PlannedItem]:
+def items_from_plan(doc: PlanDocument) -> list[PlannedItem]:
     return [PlannedItem(**i) for i in doc["items"]]

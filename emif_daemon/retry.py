@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
 
@@ -10,7 +11,10 @@ def compute_backoff(attempt: int, *, base: float, cap: float, jitter: bool = Tru
     """Seconds to wait before attempt `attempt + 1`: base·2^(attempt-1), capped, ±25 % jitter."""
     if attempt < 1:
         raise ValueError(f"attempt counts from 1, got {attempt}")
-    delay = min(cap, base * 2 ** (attempt - 1))
+    try:
+        delay = min(cap, math.ldexp(base, attempt - 1))
+    except OverflowError:  # a server down for hours: attempt 1025 would not fit in a float
+        delay = cap
     if jitter:
         delay *= random.uniform(0.75, 1.25)
     return delay

@@ -1,9 +1,9 @@
 """HTTP client for the sdapi of Draw Things and AUTOMATIC1111; knows nothing of folders.
 
-Outcomes are classified once, here (SPEC §4): a server that cannot be reached raises
-ServerUnavailable (wait, no attempt charged); 5xx, a timeout while generating or an answer
-that is not an image raise TransientError (an attempt); 4xx raises PermanentItemError with
-the server's own message.
+Outcomes are classified once, here (docs/servers.md#errors): a server that cannot be reached
+raises ServerUnavailable (wait, no attempt charged); 5xx, a timeout while generating or an
+answer that is not an image raise TransientError (an attempt); 4xx raises PermanentItemError
+with the server's own message.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import requests
 import urllib3
@@ -35,7 +35,7 @@ DECODE_SLICE = 1 << 20  # characters of base64 per decoding step (a multiple of 
 
 @dataclass(frozen=True)
 class ServerInfo:
-    kind: str  # "drawthings" | "a1111" | "unknown"
+    kind: Literal["drawthings", "a1111", "unknown"]
     model: str | None
 
 
@@ -123,7 +123,7 @@ def parse_answer(body: object, expect: int, seconds: float) -> Answer:
 def _is_connect_failure(exc: BaseException) -> bool:
     """True when the TCP connection was never made (refused, unroutable, connect timeout)."""
     seen: set[int] = set()
-    stack: list[Any] = [exc]
+    stack: list[object] = [exc]
     while stack:
         cur = stack.pop()
         if cur is None or id(cur) in seen:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from emif_daemon.config import Config, load_config, parse_config
+from emif_daemon.config import Config, choices_of, load_config, parse_config
 from emif_daemon.errors import ConfigError
 from tests.conftest import REPO, run_emif
 
@@ -50,6 +53,81 @@ def test_empty_config_gives_spec_defaults(tmp_path: Path) -> None:
 def test_each_wrong_key_or_type_is_named(tmp_path: Path, table: dict, message: str) -> None:
     problems = problems_of(table, tmp_path)
     assert any(p.startswith(message) for p in problems), problems
+
+
+def leaf_fields() -> list[tuple[str, str, Any, dataclasses.Field[Any]]]:
+    """(section, name, type, field) of every key of every section, read from the dataclasses."""
+    out = []
+    for section in dataclasses.fields(Config):
+        cls = typing.get_type_hints(Config)[section.name]
+        if not dataclasses.is_dataclass(cls):
+            continue  # `source`, not a TOML key
+        hints = typing.get_type_hints(cls)
+        out += [(section.name, f.name, hints[f.name], f) for f in dataclasses.fields(cls)]
+    return out
+
+
+LITERAL_FIELDS = [(s, n, h) for s, n, h, _ in leaf_fields() if choices_of(h)]
+RANGED_FIELDS = [
+    (s, n, h, f.metadata["range"]) for s, n, h, f in leaf_fields() if "range" in f.metadata
+]
+
+
+def test_the_constrained_fields_are_found() -> None:
+    keys = {f"{s}.{n}" for s, n, *_ in LITERAL_FIELDS}
+    assert keys == {
+        "segment.model_type", "segment.device", "segment.cutout", "watch.mode", "logging.level"
+    }  # fmt: skip
+    assert {f"{s}.{n}" for s, n, *_ in RANGED_FIELDS} == {
+        "server.connect_timeout_s", "server.read_timeout_s", "server.max_attempts",
+        "server.max_concurrent", "server.backoff_s", "segment.points_per_side",
+        "segment.points_per_batch", "segment.pred_iou_thresh", "segment.stability_score_thresh",
+        "segment.min_area_fraction", "segment.padding", "segment.recycle_after",
+        "watch.rescan_interval_s", "watch.settle_s", "coordination.heartbeat_s",
+        "coordination.lease_s", "notify.max_retries", "logging.progress_s",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "hint"), LITERAL_FIELDS, ids=[f"{s}.{n}" for s, n, _ in LITERAL_FIELDS]
+)
+def test_every_choice_field_rejects_a_bad_value_naming_key_and_choices(
+    tmp_path: Path, section: str, name: str, hint: Any
+) -> None:
+    key, choices = f"{section}.{name}", choices_of(hint)
+    assert getattr(getattr(Config(), section), name) in choices  # the default is a choice
+    assert problems_of({section: {name: "nope"}}, tmp_path) == [
+        f'{key}: must be one of {", ".join(choices)}, got "nope"'
+    ]
+    assert problems_of({section: {name: 3}}, tmp_path) == [f"{key}: expected a string, got 3"]
+    for choice in choices:
+        cfg = parse_config({section: {name: choice}}, base_dir=tmp_path)
+        assert getattr(getattr(cfg, section), name) == choice
+
+
+@pytest.mark.parametrize(
+    ("section", "name", "hint", "bounds"),
+    RANGED_FIELDS,
+    ids=[f"{s}.{n}" for s, n, *_ in RANGED_FIELDS],
+)
+def test_every_ranged_field_rejects_out_of_range_values(
+    tmp_path: Path, section: str, name: str, hint: Any, bounds: tuple[Any, Any]
+) -> None:
+    key, (low, high) = f"{section}.{name}", bounds
+    assert hint in (int, float)
+    default = getattr(getattr(Config(), section), name)
+    assert low is None or default >= low
+    assert high is None or default <= high
+    outside = ([] if low is None else [low - 1]) + ([] if high is None else [high + 1])
+    assert outside, f"{key} has a range with no bound"
+    for value in outside:
+        shown = float(value) if hint is float else value  # numbers are stored as the field's type
+        assert problems_of({section: {name: value}}, tmp_path) == [
+            f"{key}: must be between {low} and {high}, got {shown}"
+        ]
+    for value in (v for v in (low, high) if v is not None):  # the bounds themselves are allowed
+        cfg = parse_config({section: {name: value}}, base_dir=tmp_path)
+        assert getattr(getattr(cfg, section), name) == value
 
 
 def test_all_problems_are_reported_together(tmp_path: Path) -> None:

@@ -113,3 +113,8 @@ def test_backoff_doubles_and_caps() -> None:
     assert delays == [2, 4, 8, 16, 20, 20]
     for n in range(1, 50):
         assert 0.75 * 2 <= compute_backoff(n, base=2, cap=20) <= 1.25 * 20
+
+
+def test_backoff_stays_at_the_cap_however_long_a_server_is_down() -> None:
+    """2**attempt overflowed a float after ~1000 attempts: hours of a probe loop."""
+    assert compute_backoff(5000, base=0.5, cap=10, jitter=False) == 10
