@@ -1,4 +1,4 @@
-"""Discovery: periodic rescans are the truth, file events are only hints (SPEC §5).
+"""Discovery: periodic rescans are the truth, file events are only hints.
 
 Kernel file events do not carry other machines' writes on network volumes, and watchdog's
 PollingObserver stops for good at its first OSError, so our own scanner does the rescans.
@@ -24,6 +24,15 @@ class ShareUnavailable(OSError):
     """The folder cannot be read at all (a network share that dropped)."""
 
 
+# A folder that raises these was removed or replaced by a file after its parent was listed:
+# a race, not a fault; the parent's next listing shows what is there now.
+_GONE = (FileNotFoundError, NotADirectoryError)
+
+
+def _everywhere(_rel: str) -> bool:
+    return True
+
+
 @dataclass
 class _Dir:
     mtime_ns: int
@@ -34,7 +43,12 @@ class _Dir:
 
 @dataclass
 class TreeScanner:
-    """Snapshot of the wanted files under `top` as relative POSIX paths."""
+    """Snapshot of the wanted files under `top` as relative POSIX paths.
+
+    A sub-folder that cannot be read is left out (with its previous contents) rather than
+    failing the scan, so one bad folder on a share does not stop the whole stage; it is
+    listed in `unreadable` and passed once to `on_unreadable` until it can be read again.
+    """
 
     top: Path
     want: Callable[[str], bool]
@@ -42,6 +56,8 @@ class TreeScanner:
     stat: Callable[[Any], os.stat_result] = os.stat
     want_dir: Callable[[str], bool] = lambda name: not is_ignored(name)
     report_dirs: bool = False  # also report folders (SEGMENTS/<dirs>/<stem>/ are outputs)
+    on_unreadable: Callable[[Path, OSError], None] | None = None
+    unreadable: dict[str, str] = field(default_factory=dict)  # relative path -> error text
     _cache: dict[str, _Dir] = field(default_factory=dict)
     version: int = 0  # bumped whenever the result changes
     _seen: set[str] = field(default_factory=set)
@@ -53,30 +69,50 @@ class TreeScanner:
 
         When no folder changed since the last scan, `version` stays the same, so callers
         can skip their own work. Safe to call from several workers of one stage.
+        Raises ShareUnavailable only when `top` itself cannot be read; a missing `top` is
+        an empty tree.
         """
         with self._lock:
-            return self._scan(descend)
+            found, newly_unreadable = self._scan(descend or _everywhere)
+        # Outside the lock: the callback logs, and must not hold up the stage's other workers.
+        if self.on_unreadable is not None:
+            for path, exc in newly_unreadable:
+                self.on_unreadable(path, exc)
+        return found
 
-    def _scan(self, descend: Callable[[str], bool] | None) -> set[str]:
-        try:
-            self.stat(self.top)
-        except FileNotFoundError:
-            if self._found or self._cache:
-                self._cache.clear()
-                self._seen, self._found = set(), set()
-                self.version += 1
-            return self._found
-        except OSError as exc:
-            raise ShareUnavailable(exc.errno, f"cannot read {self.top}: {exc.strerror}") from exc
+    def _scan(self, descend: Callable[[str], bool]) -> tuple[set[str], list[tuple[Path, OSError]]]:
+        # Iterative (an explicit stack): a deep tree must not hit Python's recursion limit.
         seen: set[str] = set()
-        changed = self._walk("", seen, descend or (lambda _rel: True))
+        failed: dict[str, OSError] = {}
+        changed = False
+        stack = [""]
+        while stack:
+            rel = stack.pop()
+            path = self.top / rel if rel else self.top
+            try:
+                cached, relisted = self._visit(rel, path)
+            except OSError as exc:
+                if not rel and not isinstance(exc, FileNotFoundError):  # a missing top is empty
+                    reason = exc.strerror or str(exc)
+                    raise ShareUnavailable(exc.errno, f"cannot read {self.top}: {reason}") from exc
+                if not isinstance(exc, _GONE):
+                    failed[rel] = exc
+                continue  # its cached contents are dropped below, as for any folder not seen
+            seen.add(rel)
+            changed = changed or relisted
+            prefix = f"{rel}/" if rel else ""
+            stack.extend(sub for name in cached.dirs if descend(sub := prefix + name))
         for gone in set(self._cache) - seen:
             del self._cache[gone]
         if changed or seen != self._seen:
             self._seen = seen
-            self._found = self._collect(seen)
-            self.version += 1
-        return self._found
+            found = self._collect(seen)
+            if found != self._found:  # a listing can change (a folder went) with the same result
+                self._found = found
+                self.version += 1
+        newly = [(self.top / rel, exc) for rel, exc in failed.items() if rel not in self.unreadable]
+        self.unreadable = {rel: str(exc) for rel, exc in failed.items()}
+        return self._found, newly
 
     def _collect(self, seen: set[str]) -> set[str]:
         found: set[str] = set()
@@ -88,47 +124,37 @@ class TreeScanner:
                 found.update(prefix + name for name in cached.dirs)
         return found
 
-    def _walk(self, rel: str, seen: set[str], descend: Callable[[str], bool]) -> bool:
-        """Stat every folder, re-list the ones that changed; True if any did."""
-        path = self.top / rel if rel else self.top
-        try:
-            mtime = self.stat(path).st_mtime_ns
-        except FileNotFoundError:
-            return True
-        seen.add(rel)
+    def _visit(self, rel: str, path: Path) -> tuple[_Dir, bool]:
+        """Stat one folder and re-list it if it changed (or changed on the previous scan);
+        True if its listing differs from the cached one."""
+        mtime = self.stat(path).st_mtime_ns
         cached = self._cache.get(rel)
-        changed = cached is None or cached.mtime_ns != mtime
-        if changed or cached.relist:  # type: ignore[union-attr]
-            files, dirs = self._list(path)
-            relisted = cached is None or (files, dirs) != (cached.files, cached.dirs)
-            cached = _Dir(mtime, changed, files, dirs)
-            self._cache[rel] = cached
-            changed = relisted
-        prefix = f"{rel}/" if rel else ""
-        for name in cached.dirs:
-            sub = prefix + name
-            if descend(sub):
-                changed = self._walk(sub, seen, descend) or changed
-        return changed
+        fresh = cached is None or cached.mtime_ns != mtime
+        if cached is not None and not fresh and not cached.relist:
+            return cached, False
+        files, dirs = self._list(path)
+        relisted = cached is None or (files, dirs) != (cached.files, cached.dirs)
+        cached = _Dir(mtime, fresh, files, dirs)
+        self._cache[rel] = cached
+        return cached, relisted
 
     def _list(self, path: Path) -> tuple[frozenset[str], frozenset[str]]:
+        """Sub-folders and wanted regular files; symlinks, FIFOs, sockets and devices are
+        neither followed nor reported (reading a FIFO would block a worker)."""
         files: list[str] = []
         dirs: list[str] = []
-        try:
-            with self.scandir(path) as entries:
-                for entry in entries:
-                    if entry.is_dir(follow_symlinks=False):
-                        if self.want_dir(entry.name):
-                            dirs.append(entry.name)
-                    elif self.want(entry.name):
-                        files.append(entry.name)
-        except FileNotFoundError:
-            pass
+        with self.scandir(path) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    if self.want_dir(entry.name):
+                        dirs.append(entry.name)
+                elif entry.is_file(follow_symlinks=False) and self.want(entry.name):
+                    files.append(entry.name)
         return frozenset(files), frozenset(dirs)
 
 
 class Settler:
-    """Decides when a file is complete enough to read (SPEC §3: settle time).
+    """Decides when a file is complete enough to read (docs/architecture.md#the-data-path).
 
     Ready when its mtime is older than `settle_s` by the file server's clock, when its size
     and mtime have stayed the same for `settle_s` of our watching, or when it arrived by a

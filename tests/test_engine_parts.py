@@ -304,3 +304,37 @@ def test_a_failure_record_that_cannot_be_written_gives_the_item_back(root: Path)
     assert "failure_record_failed" in events
     assert "item_failed" not in events
     wait_for(lambda: not (kit.ctx.layout.claims / "perm" / "x.claim").exists(), 5)
+
+
+def test_an_unreadable_input_folder_is_logged_once_and_the_rest_is_discovered(
+    root: Path,
+) -> None:
+    import errno
+    import os
+
+    from emif_daemon.layout import upscale_output
+    from emif_daemon.stages.common import PngTreeDiscovery
+
+    kit = kit_for(root)
+    gens = kit.ctx.layout.generations
+    for folder in ("Italy/family", "Peru/working"):
+        (gens / folder).mkdir(parents=True)
+        (gens / folder / "a.png").write_bytes(b"png")
+    finder = PngTreeDiscovery(
+        kit.ctx, inputs=gens, outputs=kit.ctx.layout.upscaled, output_of=upscale_output
+    )
+
+    def scandir(path: Any) -> Any:
+        if str(path).endswith("Peru"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return os.scandir(path)
+
+    finder.in_scan.scandir = scandir
+    with capture_logs() as logs:
+        first = finder.discover()
+        second = finder.discover()
+    assert [i.key for i in first.items] == ["Italy/family/a.png"]
+    assert [i.key for i in second.items] == ["Italy/family/a.png"]
+    said = [e for e in logs if e["event"] == "folder_unreadable"]
+    assert len(said) == 1
+    assert said[0]["path"].endswith("GENERATIONS/Peru")

@@ -12,6 +12,7 @@ from typing import Any
 from ..errors import PermanentItemError
 from ..files import atomic_write_json, png_problem, publish_new
 from ..layout import is_input_png
+from ..logs import get_logger
 from ..stage import Discovery, Item, StageContext
 from ..watch import TreeScanner
 
@@ -62,6 +63,16 @@ def publish_png(output: Path, data: bytes, sidecar: dict[str, Any]) -> bool:
     return True
 
 
+def _unreadable(folder: Path, exc: OSError) -> None:
+    """A folder the scan had to skip: said once, until it can be read again."""
+    get_logger().error(
+        "folder_unreadable",
+        path=str(folder),
+        error=exc.strerror or str(exc),
+        hint="its images wait until the folder can be read (check its permissions)",
+    )
+
+
 class PngTreeDiscovery:
     """Inputs = settled PNGs under one tree whose output is not in another tree yet."""
 
@@ -78,7 +89,7 @@ class PngTreeDiscovery:
         self.inputs_top = inputs
         self.outputs_top = outputs
         self.output_of = output_of
-        self.in_scan = TreeScanner(inputs, want=is_input_png)
+        self.in_scan = TreeScanner(inputs, want=is_input_png, on_unreadable=_unreadable)
         self.out_scan = TreeScanner(
             outputs,
             want=(lambda _n: False) if outputs_are_dirs else is_input_png,
