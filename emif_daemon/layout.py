@@ -127,7 +127,10 @@ class Layout:
 
 
 def is_ignored(name: str) -> bool:
-    """Names that are never inputs: hidden, temporary, half-downloaded (docs/protocol.md#the-root)."""
+    """Names that are never inputs: hidden, temporary, half-downloaded.
+
+    (docs/protocol.md#the-root)
+    """
     return name.startswith(".") or name.endswith(TEMP_SUFFIXES)
 
 

@@ -1,4 +1,7 @@
-"""The claim protocol (docs/protocol.md#claims) on a real folder: exclusive, heartbeat, commit, stale."""
+"""The claim protocol on a real folder: exclusive, heartbeat, commit, stale.
+
+(docs/protocol.md#claims)
+"""
 
 from __future__ import annotations
 

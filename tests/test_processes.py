@@ -1,4 +1,5 @@
-"""The shared-folder guarantees (docs/protocol.md#guarantees) with real processes: races, SIGKILL at any moment, SIGTERM, leases."""
+"""The shared-folder guarantees with real processes: races, SIGKILL at any moment, SIGTERM,
+leases (docs/protocol.md#guarantees)."""
 
 from __future__ import annotations
 
