@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 import threading
 import time
 from pathlib import Path
@@ -24,10 +26,12 @@ from emif_daemon.errors import (
 )
 from emif_daemon.failures import FailureRecord
 from emif_daemon.hooks import EngineHooks, GuardedHooks, HostState
+from emif_daemon.layout import upscale_output
 from emif_daemon.metrics import ResourceSample
 from emif_daemon.outcomes import ItemOutcome, Verdict, reason_for, verdict_for
 from emif_daemon.retry import RetryPolicy
 from emif_daemon.stage import Discovery, Item, StageBase, StageResult, Work
+from emif_daemon.stages.common import PngTreeDiscovery
 from tests.conftest import fast_sections, wait_for
 from tests.toy_daemon import ToyStage, expected_output
 
@@ -309,12 +313,6 @@ def test_a_failure_record_that_cannot_be_written_gives_the_item_back(root: Path)
 def test_an_unreadable_input_folder_is_logged_once_and_the_rest_is_discovered(
     root: Path,
 ) -> None:
-    import errno
-    import os
-
-    from emif_daemon.layout import upscale_output
-    from emif_daemon.stages.common import PngTreeDiscovery
-
     kit = kit_for(root)
     gens = kit.ctx.layout.generations
     for folder in ("Italy/family", "Peru/working"):
