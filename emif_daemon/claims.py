@@ -48,14 +48,22 @@ class Claim:
     lost: bool = False
     abandoned: bool = False
     closed: bool = False  # committed or released: its fd is closed and may be reused
+    published: bool = False  # its output went into place
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 def read_claim(path: Path) -> dict[str, Any] | None:
-    """The claim's content, or None if it is missing or cannot be parsed (treated as fresh)."""
+    """The claim's content, or None if it is missing or cannot be parsed."""
     try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        return _parse_claim(path.read_bytes())
+    except OSError:
+        return None
+
+
+def _parse_claim(raw: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -155,21 +163,34 @@ class ClaimStore:
             return not claim.lost
 
     def commit(self, claim: Claim, publish: Callable[[], Any], **record: Any) -> bool:
-        """Run `publish` (the rename into place) and mark the claim done, atomically with
-        respect to shutdown and loss: nothing is published by a claim we no longer hold.
+        """Run `publish` and mark the claim done; True only if the claim was ours throughout.
+
+        Ownership is checked before and after `publish` (docs/protocol.md#commit). An owner
+        paused in between (a Mac asleep) may find its claim broken and the item redone: its
+        no-replace renames then fail (FileExistsError from `publish`: nothing of it stays
+        visible), or they won the race and its output is the one published, whole and with
+        its own sidecar. Either way a commit that lost its claim returns False, with
+        `claim.published` saying which.
         """
         with claim.lock:
             if claim.closed or claim.abandoned or claim.lost or not self.owns(claim):
                 claim.lost = claim.lost or not claim.abandoned
                 return False
-            publish()
+            try:
+                publish()
+            except FileExistsError:
+                claim.lost = True  # another owner's output is in place: ours is not shown
+                return False
+            claim.published = True
+            still_ours = self.owns(claim)
             data = self._content(claim, ClaimState.DONE, finished=self.wall(), **record)
             # Rewritten in place (truncate, write, fsync): never removed or replaced.
             os.ftruncate(claim.fd, 0)
             os.pwrite(claim.fd, data, 0)
             os.fsync(claim.fd)
             self._forget(claim)
-            return True
+            claim.lost = not still_ours
+            return still_ours
 
     def release(self, claim: Claim) -> None:
         """Give the item back so any host can take it (on failure or shutdown)."""
@@ -197,13 +218,22 @@ class ClaimStore:
             mtime = path.stat().st_mtime
         except FileNotFoundError:
             return None
-        content = read_claim(path)
-        if content is None or content.get("state") != ClaimState.WORKING:
-            return None  # done, or unparseable (maybe being written): never broken
+        return self._stale(read_claim(path), now - mtime)
+
+    def _stale(self, content: dict[str, Any] | None, age: float) -> str | None:
+        if content is None:
+            # Empty or unparseable: its owner died between create and write (a full disk,
+            # a crash), or someone edited it. It may still be being written, so it is left
+            # alone for a whole lease; after that it is broken like any stale claim.
+            if age > self.lease_s:
+                return f"unreadable claim, unchanged for {age:.0f} s (lease {self.lease_s:g} s)"
+            return None
+        if content.get("state") != ClaimState.WORKING:
+            return None  # done: never broken
         if self._owner_gone(content):
             return "owner process is gone"
-        if now - mtime > self.lease_s:
-            return f"no heartbeat for {now - mtime:.0f} s (lease {self.lease_s:g} s)"
+        if age > self.lease_s:
+            return f"no heartbeat for {age:.0f} s (lease {self.lease_s:g} s)"
         return None
 
     def _owner_gone(self, content: dict[str, Any]) -> bool:
@@ -218,31 +248,38 @@ class ClaimStore:
         return self.identity.process_gone(machine, content.get("pid"), content.get("pid_start"))
 
     def break_stale(self, stage: str, item: str) -> dict[str, Any] | None:
-        """Break a stale claim; returns the dead owner's claim if this host broke it."""
+        """Break a stale claim; returns the dead owner's claim ({} if it was unreadable) if
+        this host broke it."""
         path = self.path(stage, item)
         now = self.clock.now()
-        before = read_claim(path)
-        if before is None or self.stale_reason(path, now) is None:
+        try:
+            mtime = path.stat().st_mtime
+            raw = path.read_bytes()
+        except FileNotFoundError:
             return None
-        target = (
-            self.broken_dir
-            / stage
-            / f"{item}{CLAIM_SUFFIX}.{self.host}.{os.getpid()}.{secrets.token_hex(4)}"
-        )
+        before = _parse_claim(raw)
+        if self._stale(before, now - mtime) is None:
+            return None
+        me = self.identity
+        name = f"{Path(item).name}{CLAIM_SUFFIX}.{me.machine}.{me.pid}.{secrets.token_hex(4)}"
+        target = self.broken_dir / stage / Path(item).parent / name
         target.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(path, target)  # unique target: only one breaker's rename succeeds
         except FileNotFoundError:
             return None
-        moved = read_claim(target)
-        if moved is None or moved.get("token") != before.get("token"):
+        try:
+            moved = target.read_bytes()
+        except OSError:
+            moved = None
+        if moved != raw:
             # Between our look and our rename the claim was broken and taken afresh by
             # someone alive: put theirs back where it was.
             with contextlib.suppress(OSError):
                 rename_noreplace(target, path)
             return None
         fsync_dir(path.parent)
-        return before
+        return before if before is not None else {}
 
     def broken_count(self, stage: str, item: str) -> int:
         """How many times the item's worker died holding it: each counts as an attempt."""

@@ -70,6 +70,9 @@ class GenerateConfig:
     prompt_template: str = DEFAULT_PROMPT_TEMPLATE
     negative_prompt: str = ""
     payload: dict[str, Any] = field(default_factory=dict, metadata=PAYLOAD)
+    # Images one prompts file may ask for: a typo (count 10000 × 1000 jobs) is refused at
+    # validation instead of exhausting memory and the week.
+    max_items_per_file: int = bounded(100_000, 1, 10_000_000)
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,11 @@ class NotifyConfig:
 
 
 @dataclass(frozen=True)
+class GalleryConfig:
+    enabled: bool = True  # the daemon refreshes the gallery pages its finished work touched
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -148,6 +156,7 @@ class Config:
     macos: MacosConfig = field(default_factory=MacosConfig)
     report: ReportConfig = field(default_factory=ReportConfig)
     notify: NotifyConfig = field(default_factory=NotifyConfig)
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
     source: Path | None = None  # the file this came from; not a TOML key
 
     @property

@@ -30,6 +30,7 @@ from .outcomes import (
     StageStats,
     Verdict,
     reason_for,
+    share_full,
     verdict_for,
 )
 from .retry import RetryPolicy
@@ -73,6 +74,7 @@ class Engine:
         self._count_lock = threading.Lock()
         self._share_down = False
         self._scanned: set[str] = set()
+        self._said: dict[str, object] = {}
 
     # -- the whole run ----------------------------------------------------------------
     def run(self) -> int:
@@ -193,7 +195,7 @@ class Engine:
                 self._scanned.add(stage.name)
                 self.log.info(
                     "first_scan",
-                    todo=len(found.items),
+                    todo=found.open_count(),
                     waiting=found.waiting,
                     failed=len(self.failures[stage.name].keys()),
                     seconds=round(time.monotonic() - started, 3),
@@ -217,13 +219,20 @@ class Engine:
         if found is None:
             return RoundOutcome.BLOCKED
         failed = self.failures[stage.name].keys()
-        todo = [it for it in found.items if it.key not in failed]
-        self.stats[stage.name].pending = len(todo)
+        self.stats[stage.name].pending = found.open_count()
         blocked = False
-        for item in todo:
+        for item in found.items:
+            if item.key in failed:
+                continue
             if self.stop.is_set() or not self.hooks.may_claim():
                 return RoundOutcome.BLOCKED
-            claim = self._claim(stage, item)
+            try:
+                claim = self._claim(stage, item)
+            except OSError as exc:
+                # Cannot write a claim (a full or read-only share): nothing was taken.
+                event = "share_full" if share_full(exc) else "claim_failed"
+                self._say_once(event, error=exc.strerror or str(exc))
+                return RoundOutcome.BLOCKED
             if claim is None:
                 blocked = blocked or not item.done()
                 continue
@@ -232,6 +241,16 @@ class Engine:
         if found.waiting:
             return RoundOutcome.SETTLING
         return RoundOutcome.BLOCKED if blocked else RoundOutcome.IDLE
+
+    def _say_once(self, event: str, **fields: object) -> None:
+        """An error line for a condition that repeats every round: logged when it starts or
+        changes, not each time."""
+        key = (event, tuple(sorted(fields.items())))
+        with self._count_lock:
+            if self._said.get(event) == key:
+                return
+            self._said[event] = key
+        self.log.error(event, **fields)
 
     def _claim(self, stage: Stage, item: Item) -> Claim | None:
         if item.done():
@@ -324,6 +343,9 @@ class Engine:
         if verdict is Verdict.GIVE_BACK:
             if isinstance(exc, ClaimLost):
                 self.log.debug("claim_lost")
+            return ItemResult(ItemOutcome.RELEASED)
+        if verdict is Verdict.WAIT_FOR_SPACE:
+            self._say_once("share_full", error=getattr(exc, "strerror", None) or str(exc))
             return ItemResult(ItemOutcome.RELEASED)
         if verdict is Verdict.WAIT_FOR_SERVER:
             self.log.info("item_deferred", reason=str(exc))

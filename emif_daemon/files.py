@@ -15,6 +15,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import struct
 import sys
 from collections.abc import Callable, Iterator
@@ -141,6 +142,41 @@ def rename_noreplace(src: Path, dst: Path) -> None:
     if os.path.lexists(dst):
         raise FileExistsError(errno.EEXIST, "already exists", str(dst))
     os.rename(src, dst)
+
+
+class NotARegularFile(OSError):
+    """A FIFO, device, socket or folder where a file was expected, or a file over the
+    size limit: reading it could block for ever or exhaust memory. No retry helps."""
+
+
+def read_regular(path: Path, max_bytes: int) -> bytes:
+    """The bytes of a regular file of at most `max_bytes`; NotARegularFile otherwise.
+
+    Opened without blocking, so a FIFO named like an input never hangs a worker.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotARegularFile(errno.EINVAL, "not a regular file (a FIFO, device…)", str(path))
+        if st.st_size > max_bytes:
+            raise NotARegularFile(
+                errno.EFBIG, f"{st.st_size} bytes, at most {max_bytes} are read", str(path)
+            )
+        chunks: list[bytes] = []
+        left = max_bytes + 1
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise NotARegularFile(errno.EFBIG, f"grew past {max_bytes} bytes", str(path))
+    return data
 
 
 def png_size(data: bytes) -> tuple[int, int] | None:

@@ -6,9 +6,13 @@ is written once, in `STAGE_FOLDERS` (docs/protocol.md#the-root).
 
 from __future__ import annotations
 
-import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+
+from .names import name_problem, safe_name
+
+__all__ = ["STAGES", "STAGE_FOLDERS", "Layout", "is_ignored", "is_input_png", "name_problem",
+           "safe_name", "segment_output", "upscale_output"]  # fmt: skip
 
 STAGES = ("generate", "upscale", "segment")
 # stage → (the Layout folder it reads, the Layout folder it writes)
@@ -105,6 +109,11 @@ class Layout:
     def metrics(self) -> Path:
         return self.root / "metrics"
 
+    @property
+    def gallery(self) -> Path:
+        """The static gallery (`emif gallery`): pages, thumbnails, their cache state."""
+        return self.root / "gallery"
+
     def ensure(self) -> None:
         """Create every folder (idempotent, safe while other hosts do the same)."""
         for path in (
@@ -149,28 +158,3 @@ def upscale_output(rel: str) -> str:
 def segment_output(rel: str) -> str:
     """UPSCALED_IMAGES/<dirs>/<stem>.png → SEGMENTS/<dirs>/<stem>/ (a folder)."""
     return rel.rpartition(".")[0]
-
-
-def name_problem(name: object) -> str | None:
-    """Why `name` cannot be a folder name, or None (the rules for nation and category)."""
-    if not isinstance(name, str):
-        return "must be a string"
-    if not name.strip():
-        return "must not be empty"
-    if len(name) > 100:
-        return f"is {len(name)} characters long, at most 100 allowed"
-    for bad in ("/", "\\", "\x00"):
-        if bad in name:
-            return f"contains {bad!r}"
-    if any(unicodedata.category(ch) == "Cc" for ch in name):
-        return "contains a control character"
-    if name in (".", ".."):
-        return f"must not be {name!r}"
-    if name.startswith("."):
-        return "must not start with '.'"
-    return None
-
-
-def safe_name(name: str) -> str:
-    """The NFC form under which a valid name is stored on disk."""
-    return unicodedata.normalize("NFC", name)

@@ -6,6 +6,7 @@ Kept apart from the engine so the policy reads as one table and is tested withou
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass, field
 from enum import Enum, StrEnum
@@ -50,6 +51,7 @@ class Verdict(Enum):
 
     GIVE_BACK = "give back quietly"  # shutdown, or another host has it now
     WAIT_FOR_SERVER = "give back, wait for the server"  # no attempt charged
+    WAIT_FOR_SPACE = "give back, wait for space on the share"  # no attempt charged
     STAGE_DOWN = "give back, the stage stops"  # e.g. its model cannot load
     FAIL_NOW = "fail the item"  # another attempt would fail the same way
     RETRY = "retry after a backoff"  # an attempt is charged
@@ -61,11 +63,18 @@ def verdict_for(exc: BaseException) -> Verdict:
         return Verdict.GIVE_BACK
     if isinstance(exc, ServerUnavailable):
         return Verdict.WAIT_FOR_SERVER
+    if share_full(exc):
+        return Verdict.WAIT_FOR_SPACE
     if isinstance(exc, StageUnavailable):
         return Verdict.STAGE_DOWN
     if isinstance(exc, PermanentItemError):
         return Verdict.FAIL_NOW
     return Verdict.RETRY  # TransientError, and bugs: a stage error must not stop the daemon
+
+
+def share_full(exc: BaseException) -> bool:
+    """The share (or the user's quota on it) is full: nobody's fault, it passes."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
 def reason_for(exc: BaseException) -> str:

@@ -8,13 +8,13 @@ once, so a user fixes a file in one go.
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
-from .layout import name_problem, safe_name
+from .names import MAX_NAME_BYTES, longest_name_bytes, name_key, name_problem, safe_name
 
 MAX_COUNT = 10_000
 MAX_SEED = 2**32 - 1
@@ -28,6 +28,19 @@ LEGACY_CATEGORIES = ("family", "working")
 
 
 @dataclass(frozen=True)
+class Limits:
+    """Bounds on what one prompts file may ask for; all enforced at validation."""
+
+    max_items: int = 100_000  # generate.max_items_per_file
+    max_depth: int = 16  # nesting of objects and lists (payloads nest a few levels)
+    max_prompt_chars: int = 10_000
+    max_bytes: int = 64 * 2**20
+
+
+DEFAULT_LIMITS = Limits()
+
+
+@dataclass(frozen=True)
 class Job:
     loc: str  # JSON location, e.g. "jobs[3]"
     nation: str
@@ -38,34 +51,6 @@ class Job:
     negative_prompt: str | None
     payload: dict[str, Any]
     start_index: int | None
-
-
-@dataclass(frozen=True)
-class PlannedItem:
-    """One server answer: `images` PNGs named <N>_<c>_<index>_<k>.png, k = 1…images."""
-
-    key: str
-    nation: str
-    category: str
-    index: int
-    prompt: str
-    negative_prompt: str
-    seed: int
-    payload: dict[str, Any]
-    images: int
-    loc: str
-
-    def output_names(self) -> list[str]:
-        stem = f"{self.nation}_{self.category}_{self.index}"
-        return [f"{self.nation}/{self.category}/{stem}_{k}.png" for k in range(1, self.images + 1)]
-
-
-class PlanDocument(TypedDict):
-    """`.emif/jobs/<stem>.plan.json`: the expanded items of an accepted file."""
-
-    source: str
-    sha256: str
-    items: list[dict[str, Any]]  # PlannedItem fields
 
 
 class _Settings(TypedDict):
@@ -84,19 +69,17 @@ class Parsed:
     problems: list[str] = field(default_factory=list)
 
 
-def parse(data: bytes) -> Parsed:
+def parse(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Parsed:
     """Both shapes of a prompts file (README.md#quick-start); no `problems` = valid."""
     out = Parsed()
+    if len(data) > limits.max_bytes:
+        out.problems.append(f"$: the file is {len(data)} bytes, at most {limits.max_bytes}")
+        return out
     if not data.strip():
         out.problems.append("$: the file is empty; it must hold a JSON object or list")
         return out
-    try:
-        doc = json.loads(data.decode("utf-8-sig"))
-    except UnicodeDecodeError as exc:
-        out.problems.append(f"$: not UTF-8 text ({exc.reason} at byte {exc.start})")
-        return out
-    except json.JSONDecodeError as exc:
-        out.problems.append(f"$: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+    doc = _load_json(data, limits, out.problems)
+    if out.problems:
         return out
     if isinstance(doc, list):
         _parse_legacy(doc, out)
@@ -104,9 +87,78 @@ def parse(data: bytes) -> Parsed:
         _parse_native(doc, out)
     else:
         out.problems.append(f"$: expected an object with `jobs` or a list, got {_kind(doc)}")
+    for job in out.jobs:
+        for key, text in (("prompt", job.prompt), ("negative_prompt", job.negative_prompt)):
+            if text is not None and len(text) > limits.max_prompt_chars:
+                out.problems.append(
+                    f"{job.loc}.{key}: {len(text)} characters, at most {limits.max_prompt_chars}"
+                )
     if not out.problems:
         _check_overlaps(out)
+        _check_totals(out, limits)
+        _check_same_folders(out)
     return out
+
+
+def _load_json(data: bytes, limits: Limits, problems: list[str]) -> Any:
+    """JSON that cannot silently mean something else: no duplicate keys (the last would
+    win), no NaN or Infinity (not JSON), no lone surrogates, no nesting without bound."""
+    duplicates: list[str] = []
+    constants: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        for key, value in items:
+            if key in seen:
+                duplicates.append(key)
+            seen[key] = value
+        return seen
+
+    def constant(name: str) -> None:
+        constants.append(name)
+
+    try:
+        doc = json.loads(data.decode("utf-8-sig"), object_pairs_hook=pairs, parse_constant=constant)
+    except UnicodeDecodeError as exc:
+        problems.append(f"$: not UTF-8 text ({exc.reason} at byte {exc.start})")
+        return None
+    except json.JSONDecodeError as exc:
+        problems.append(f"$: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+        return None
+    except RecursionError:
+        problems.append(f"$: nested too deeply; at most {limits.max_depth} levels of objects/lists")
+        return None
+    for key in sorted(set(duplicates)):
+        problems.append(f"$: the key {key!r} appears twice in one object; keep one")
+    for name in sorted(set(constants)):
+        problems.append(f"$: {name} is not a JSON number; write a number")
+    problems.extend(_walk_problems(doc, limits))
+    return doc
+
+
+def _walk_problems(doc: Any, limits: Limits) -> list[str]:
+    """Depth, surrogates and non-finite numbers, in one iterative pass."""
+    problems: set[str] = set()
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > limits.max_depth:
+                problems.add(f"$: nested more than {limits.max_depth} levels deep")
+                continue
+            children = list(value.items()) if isinstance(value, dict) else list(enumerate(value))
+            for key, child in children:
+                if isinstance(key, str):
+                    stack.append((key, depth))
+                stack.append((child, depth + 1))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                problems.add(f"$: the text {value[:40]!r} holds a lone surrogate; not Unicode")
+        elif isinstance(value, float) and not math.isfinite(value):
+            problems.add("$: a number too large to represent; write a smaller one")
+    return sorted(problems)
 
 
 def _kind(value: object) -> str:
@@ -258,7 +310,7 @@ def _folder(value: object, loc: str, problems: list[str]) -> str | None:
     return safe_name(str(value))
 
 
-def _ranges(jobs: list[Job]) -> list[tuple[Job, int, int]]:
+def index_ranges(jobs: list[Job]) -> list[tuple[Job, int, int]]:
     """(job, first, last) index per job: indices continue across entries of one folder."""
     next_index: dict[tuple[str, str], int] = {}
     out = []
@@ -271,9 +323,41 @@ def _ranges(jobs: list[Job]) -> list[tuple[Job, int, int]]:
     return out
 
 
+def _check_totals(parsed: Parsed, limits: Limits) -> None:
+    total = sum(job.count for job in parsed.jobs)
+    if total > limits.max_items:
+        parsed.problems.append(
+            f"$: {total} images in one file, at most {limits.max_items}; split the file, or "
+            "raise generate.max_items_per_file in the config"
+        )
+    for job, _first, last in index_ranges(parsed.jobs):
+        size = longest_name_bytes(job.nation, job.category, last, 99)
+        if size > MAX_NAME_BYTES:
+            parsed.problems.append(
+                f"{job.loc}.nation: with its category and index the longest file name would be "
+                f"{size} bytes, at most {MAX_NAME_BYTES}; shorten the nation or the category"
+            )
+
+
+def _check_same_folders(parsed: Parsed) -> None:
+    """Names that differ only in case or Unicode form are one folder on a Mac."""
+    spelled: dict[str, tuple[str, str]] = {}
+    for job in parsed.jobs:
+        for what, name, key in (
+            ("nation", job.nation, name_key(job.nation)),
+            ("category", job.category, f"{name_key(job.nation)}/{name_key(job.category)}"),
+        ):
+            first = spelled.setdefault(key, (name, job.loc))
+            if first[0] != name:
+                parsed.problems.append(
+                    f"{job.loc}.{what}: {name!r} and {first[0]!r} ({first[1]}) differ only in "
+                    "case or accents' encoding, so they are one folder on a Mac; spell them alike"
+                )
+
+
 def _check_overlaps(parsed: Parsed) -> None:
     taken: dict[tuple[str, str], list[tuple[int, int, str]]] = {}
-    for job, first, last in _ranges(parsed.jobs):
+    for job, first, last in index_ranges(parsed.jobs):
         folder = (job.nation, job.category)
         for a, b, other in taken.get(folder, []):
             if first <= b and a <= last:
@@ -282,60 +366,3 @@ def _check_overlaps(parsed: Parsed) -> None:
                     f"{job.category} overlap {other} ({a}…{b}); two images would share a name"
                 )
         taken.setdefault(folder, []).append((first, last, job.loc))
-
-
-def images_per_answer(payload: dict[str, Any]) -> int:
-    """batch_size × batch_count (n_iter in A1111)."""
-    size = payload.get("batch_size", 1)
-    count = payload.get("batch_count", payload.get("n_iter", 1))
-    ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (size, count))
-    return size * count if ok else 1
-
-
-def derived_seed(file_sha: str, key: str) -> int:
-    """A seed for an item whose job gives none: as good as random, and the same on every host,
-    so hosts that expand the same accepted file agree without talking."""
-    digest = hashlib.sha256(f"{file_sha}:{key}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
-
-
-def expand(
-    parsed: Parsed,
-    *,
-    file_sha: str,
-    template: str,
-    negative_default: str,
-    base_payload: dict[str, Any],
-) -> list[PlannedItem]:
-    """Deterministic items of a valid file, in file order."""
-    items: list[PlannedItem] = []
-    for job, first, last in _ranges(parsed.jobs):
-        images = images_per_answer({**base_payload, **job.payload})
-        for index in range(first, last + 1):
-            key = f"{job.nation}/{job.category}/{job.nation}_{job.category}_{index}"
-            seed = job.seed + index - 1 if job.seed is not None else derived_seed(file_sha, key)
-            items.append(
-                PlannedItem(
-                    key=key,
-                    nation=job.nation,
-                    category=job.category,
-                    index=index,
-                    prompt=template.replace("{prompt}", job.prompt),
-                    negative_prompt=(
-                        job.negative_prompt if job.negative_prompt is not None else negative_default
-                    ),
-                    seed=seed % (MAX_SEED + 1),
-                    payload=job.payload,
-                    images=images,
-                    loc=job.loc,
-                )
-            )
-    return items
-
-
-def plan_document(source: str, file_sha: str, items: list[PlannedItem]) -> PlanDocument:
-    return {"source": source, "sha256": file_sha, "items": [asdict(i) for i in items]}
-
-
-def items_from_plan(doc: PlanDocument) -> list[PlannedItem]:
-    return [PlannedItem(**i) for i in doc["items"]]

@@ -9,7 +9,7 @@ own config section; it never sees the daemon's wiring.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,6 +19,7 @@ from .clock import ServerClock
 from .errors import ClaimLost, Shutdown
 from .identity import HostIdentity
 from .layout import Layout
+from .logs import get_logger
 from .watch import Settler
 
 EventSink = Callable[[str, Mapping[str, Any]], None]
@@ -59,10 +60,20 @@ class Item:
 
 @dataclass
 class Discovery:
-    """What a stage found: items to try, and how many wait for something else."""
+    """What a stage found: items to try, and how many wait for something else.
 
-    items: list[Item] = field(default_factory=list)
+    `items` may be lazy (a generator): the engine takes the first it can claim and stops,
+    so a batch of 100 000 items costs a round the items it looks at, not all of them.
+    """
+
+    items: Iterable[Item] = field(default_factory=list)
     waiting: int = 0  # inputs not settled yet, or not ready for another reason
+    count: int | None = None  # how many items are open, where `items` is lazy
+
+    def open_count(self) -> int:
+        if self.count is not None:
+            return self.count
+        return len(self.items) if isinstance(self.items, Sized) else 0
 
 
 @dataclass(frozen=True)
@@ -94,11 +105,18 @@ class Work:
             raise ClaimLost(self._claim.item)
 
     def commit(self, publish: Callable[[], object], **record: Any) -> None:
-        """Publish the output and mark the claim done, or raise if the claim is not ours."""
-        if not self._store.commit(self._claim, publish, **record):
-            if self._claim.abandoned:
+        """Publish the output and mark the claim done, or raise if the claim is not ours.
+
+        `publish` must only ever rename into names that do not exist yet (FileExistsError
+        otherwise), so a host that lost its claim can never replace another's output.
+        """
+        claim = self._claim
+        if not self._store.commit(claim, publish, **record):
+            if claim.abandoned:
                 raise Shutdown
-            raise ClaimLost(self._claim.item)
+            if claim.published:
+                get_logger().warning("published_after_claim_lost", item=claim.item)
+            raise ClaimLost(claim.item)
 
 
 class Stage(Protocol):

@@ -83,7 +83,7 @@ def _stage_inputs(layout: Layout, stage: str) -> tuple[dict[str, str], set[str]]
         inputs: dict[str, str] = {}
         multi: dict[str, list[str]] = {}
         for plan in read_plans(layout):
-            for item in plan:
+            for item in plan.items():
                 names = item.output_names()
                 inputs[item.key] = names[-1]
                 multi[item.key] = names

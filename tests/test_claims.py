@@ -146,15 +146,44 @@ def test_clock_skew_of_the_breaker_does_not_matter(
     assert not stale_path.exists()
 
 
-def test_unparseable_claim_is_treated_as_fresh(root: Path) -> None:
-    s = store(root, "a", lease_s=1)
+@pytest.mark.parametrize("content", [b"", b"{half a cla", b"[1, 2]"])
+def test_an_unreadable_claim_is_left_alone_for_a_lease_then_broken(
+    root: Path, content: bytes
+) -> None:
+    """Empty (the disk filled between create and write), cut short, or edited by hand: it
+    may still be being written, so it is fresh for one lease; then it is broken, and the
+    break counts as an attempt like any other."""
+    s = store(root, "a", lease_s=30)
     path = s.path("toy", "item")
     path.parent.mkdir(parents=True)
-    path.write_bytes(b"{half a cla")
-    old = time.time() - 1000
-    os.utime(path, (old, old))
+    path.write_bytes(content)
     assert s.break_stale("toy", "item") is None
     assert path.exists()
+    old = time.time() - 31
+    os.utime(path, (old, old))
+    assert s.break_stale("toy", "item") == {}
+    assert not path.exists()
+    assert s.broken_count("toy", "item") == 1
+    assert s.try_claim("toy", "item") is not None
+
+
+def test_a_claim_whose_first_write_fails_is_removed(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: the create succeeds, the write does not. No empty claim may stay."""
+    s = store(root)
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    with pytest.raises(OSError, match="No space"):
+        s.try_claim("toy", "item")
+    monkeypatch.setattr(os, "write", real_write)
+    assert not s.path("toy", "item").exists()
+    assert s.held() == []
+    assert s.try_claim("toy", "item") is not None
 
 
 def test_claim_of_a_dead_process_on_this_host_is_broken_without_waiting(root: Path) -> None:

@@ -11,7 +11,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from emif_daemon.layout import name_problem
-from emif_daemon.prompts import Parsed, expand, parse
+from emif_daemon.plan import expand
+from emif_daemon.prompts import Parsed, parse
 
 
 def parsed(doc: Any) -> Parsed:
@@ -21,9 +22,10 @@ def parsed(doc: Any) -> Parsed:
 def items_of(doc: Any, payload: dict | None = None, sha: str = "f" * 64) -> list:
     p = parsed(doc)
     assert p.problems == []
-    return expand(
+    plan = expand(
         p, file_sha=sha, template="{prompt}, photo", negative_default="", base_payload=payload or {}
     )
+    return list(plan.items())
 
 
 def test_native_shape_expands_with_names_seeds_and_template() -> None:
@@ -208,12 +210,18 @@ names = st.text(min_size=0, max_size=120)
 @given(names)
 def test_a_name_is_accepted_only_if_safe_as_one_folder(name: str) -> None:
     problem = name_problem(name)
+    invisible = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
     unsafe = (
         not name.strip()
         or len(name) > 100
-        or any(c in name for c in "/\\\x00")
-        or any(unicodedata.category(c) == "Cc" for c in name)
+        or any(c in name for c in '/\\\x00<>:"|?*')
+        or any(unicodedata.category(c) in invisible for c in name)
+        or any(c.isspace() and c != " " for c in name)
         or name.startswith(".")
+        or name != name.strip()
+        or name.endswith(".")
+        or name.split(".", maxsplit=1)[0].strip().lower()
+        in {"con", "prn", "aux", "nul", *(f"{d}{n}" for d in ("com", "lpt") for n in range(10))}
     )
     assert (problem is not None) == unsafe
 

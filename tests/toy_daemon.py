@@ -1,14 +1,20 @@
 """A daemon with a trivial stage, for the claim, crash and shutdown tests (real processes).
 
 `inbox/<name>.txt` → `outbox/<name>.out` (a few hundred KB written slowly in chunks, so a
-SIGKILL lands mid-write); every execution appends a line to `runs.log`.
+SIGKILL lands mid-write) + `outbox/<name>.json`, a sidecar naming the host and the output's
+sha256, published like the real stages' (image first, both no-replace); every execution
+appends a line to `runs.log`. `--pause-in-commit S` writes `publishing-<pid>` under the root
+inside the commit, after the ownership check, then waits S seconds before the renames: a
+test stops the process there.
 
-    python -m tests.toy_daemon CONFIG [--once] [--work-s S]
+    python -m tests.toy_daemon CONFIG [--once] [--work-s S] [--pause-in-commit S]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import sys
 import time
@@ -16,7 +22,7 @@ from pathlib import Path
 
 from emif_daemon.config import load_config
 from emif_daemon.daemon import host_id, run_daemon
-from emif_daemon.files import rename_noreplace, temp_name
+from emif_daemon.files import publish_new, rename_noreplace, temp_name
 from emif_daemon.logs import configure_logging
 from emif_daemon.stage import Discovery, Item, StageBase, StageContext, StageResult, Work
 from emif_daemon.watch import TreeScanner
@@ -33,9 +39,10 @@ class ToyStage(StageBase):
     name = "toy"
     priority = 1
 
-    def __init__(self, ctx: StageContext, work_s: float) -> None:
+    def __init__(self, ctx: StageContext, work_s: float, pause_in_commit: float = 0.0) -> None:
         self.ctx = ctx
         self.work_s = work_s
+        self.pause_in_commit = pause_in_commit
         self.inbox = ctx.layout.root / "inbox"
         self.outbox = ctx.layout.root / "outbox"
         self.scan_in = TreeScanner(self.inbox, want=lambda n: n.endswith(".txt"))
@@ -66,10 +73,19 @@ class ToyStage(StageBase):
                     time.sleep(self.work_s / CHUNKS)
                     work.check()
                 os.fsync(fh.fileno())
-            work.commit(lambda: rename_noreplace(tmp, output))
+            work.commit(lambda: self._publish(tmp, output))
         finally:
             tmp.unlink(missing_ok=True)
         return StageResult(output=str(output.relative_to(self.ctx.layout.root)))
+
+    def _publish(self, tmp: Path, output: Path) -> None:
+        if self.pause_in_commit:
+            (self.ctx.layout.root / f"publishing-{os.getpid()}").write_text(output.name)
+            time.sleep(self.pause_in_commit)
+        rename_noreplace(tmp, output)
+        digest = hashlib.sha256(output.read_bytes()).hexdigest()
+        sidecar = {"host": self.ctx.host, "pid": os.getpid(), "output_sha256": digest}
+        publish_new(output.with_suffix(".json"), json.dumps(sidecar).encode())
 
 
 def main() -> int:
@@ -77,6 +93,7 @@ def main() -> int:
     parser.add_argument("config")
     parser.add_argument("--once", action="store_true")
     parser.add_argument("--work-s", type=float, default=0.05)
+    parser.add_argument("--pause-in-commit", type=float, default=0.0)
     args = parser.parse_args()
     cfg = load_config(Path(args.config))
     host = host_id(cfg)
@@ -84,7 +101,7 @@ def main() -> int:
     return run_daemon(
         cfg,
         once=args.once,
-        stage_factory=lambda kit: [ToyStage(kit.ctx, args.work_s)],
+        stage_factory=lambda kit: [ToyStage(kit.ctx, args.work_s, args.pause_in_commit)],
         config_path=args.config,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PermanentItemError
-from ..files import atomic_write_json, png_problem, publish_new
+from ..files import NotARegularFile, atomic_write_json, png_problem, publish_new, read_regular
 from ..layout import is_input_png
 from ..logs import get_logger
 from ..stage import Discovery, Item, StageContext
@@ -33,12 +34,24 @@ def sha256_file(path: Path | str) -> str:
     return digest.hexdigest()
 
 
+MAX_SOURCE_BYTES = 512 * 2**20  # a 2048² PNG is ~10 MB; anything near this is not an image
+
+
 def read_source_png(path: Path, stage: str) -> bytes:
-    """An input image's bytes, or a PermanentItemError saying what to do about it."""
+    """An input image's bytes, or a PermanentItemError saying what to do about it.
+
+    Special files (a FIFO named *.png would block the read for ever), unreadable files and
+    oversized ones fail the item at once: no retry can fix them.
+    """
     try:
-        data = path.read_bytes()
+        data = read_regular(path, MAX_SOURCE_BYTES)
     except FileNotFoundError as exc:
         raise PermanentItemError(f"source {path} disappeared") from exc
+    except (NotARegularFile, PermissionError) as exc:
+        raise PermanentItemError(
+            f"source {path} cannot be read ({exc.strerror}); replace it with a PNG, "
+            f"then run `emif retry --stage {stage}`"
+        ) from exc
     problem = png_problem(data)
     if problem:
         raise PermanentItemError(
@@ -52,15 +65,23 @@ def without_images(payload: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in payload.items() if k != "init_images"}
 
 
-def publish_png(output: Path, data: bytes, sidecar: dict[str, Any]) -> bool:
-    """Sidecar first, then the PNG under its final name (the commit point); never overwrites
-    an image: returns False if one appeared meanwhile."""
-    atomic_write_json(output.with_suffix(".json"), {**sidecar, "output_sha256": sha256(data)})
+def publish_png(output: Path, data: bytes, sidecar: dict[str, Any]) -> None:
+    """The PNG under its final name (the commit point), then its sidecar; neither ever
+    replaces a file: FileExistsError if the image is there already.
+
+    Image first, so a host that lost its claim while paused fails before anything of it
+    shows (docs/protocol.md#commit). A sidecar found in place without its image can only
+    be left over from an attempt that never published: it is replaced, and said so.
+    """
+    publish_new(output, data)
+    doc = {**sidecar, "output_sha256": sha256(data)}
+    path = output.with_suffix(".json")
+    body = (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
     try:
-        publish_new(output, data)
+        publish_new(path, body)
     except FileExistsError:
-        return False
-    return True
+        get_logger().warning("stale_sidecar_replaced", path=str(path))
+        atomic_write_json(path, doc)
 
 
 def _unreadable(folder: Path, exc: OSError) -> None:
@@ -123,12 +144,14 @@ class PngTreeDiscovery:
         if not todo:
             return found
         now = self.ctx.clock.now()
+        items: list[Item] = []
         for rel in todo:
             source = self.inputs_top / rel
             if not self.ctx.settler.ready(source, now):
                 found.waiting += 1
                 continue
             output = self.outputs_top / self._wanted[rel]
-            found.items.append(Item(key=rel, outputs=(output,), source=source))
+            items.append(Item(key=rel, outputs=(output,), source=source))
+        found.items = items
         self.ctx.settler.forget(self.inputs_top, (str(self.inputs_top / rel) for rel in todo))
         return found

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ from ..files import png_problem
 from ..inbox import Batch, BatchSummary, Expansion, Inbox, queued_files
 from ..layout import is_input_png
 from ..logs import get_logger
-from ..prompts import PlannedItem
+from ..plan import PlannedItem
+from ..prompts import Limits
 from ..sdapi import TXT2IMG, Server
 from ..stage import Discovery, Item, StageBase, StageContext, StageResult, Work
 from ..watch import TreeScanner
@@ -64,9 +66,18 @@ class GenerateStage(StageBase):
         self.server = server
         self.inbox = Inbox(
             ctx.layout,
-            Expansion(cfg.prompt_template, cfg.negative_prompt, cfg.payload),
+            Expansion(
+                cfg.prompt_template,
+                cfg.negative_prompt,
+                cfg.payload,
+                Limits(max_items=cfg.max_items_per_file),
+            ),
             ctx.events,
         )
+        # Per batch, how many items from the start are known finished (images there, or
+        # failed): each round resumes there instead of walking the whole plan.
+        self._cursor: dict[str, int] = {}
+        self._failed_seen: set[str] = set()
         self.outputs = TreeScanner(ctx.layout.generations, want=is_input_png)
         self.failures = FailureLog(ctx.layout.failed, self.name)
         self.log = get_logger()
@@ -83,9 +94,8 @@ class GenerateStage(StageBase):
                 if self.ctx.settler.ready(path, now):
                     self._take(path)
         for batch in self.inbox.batches():
-            todo, still = self._remaining(batch)
-            if not still:
-                self._finish(batch, todo)
+            if next(self._open_items(batch), None) is None:
+                self._finish(batch)
 
     def _take(self, path: Path) -> None:
         try:
@@ -93,10 +103,12 @@ class GenerateStage(StageBase):
         except OSError as exc:  # the next round tries again; other files go on
             self.log.error("prompts_intake_failed", file=path.name, error=str(exc))
 
-    def _finish(self, batch: Batch, todo: list[PlannedItem]) -> None:
+    def _finish(self, batch: Batch) -> None:
+        done = self.outputs.scan()
+        todo = [i for i in batch.plan.items() if not all(n in done for n in i.output_names())]
         summary = BatchSummary(
-            items=len(batch.items),
-            done=len(batch.items) - len(todo),
+            items=len(batch.plan),
+            done=len(batch.plan) - len(todo),
             failed=len(todo),
             failures=[{"item": i.key, "reason": self._reason(i.key)} for i in todo],
         )
@@ -109,12 +121,22 @@ class GenerateStage(StageBase):
         record = self.failures.read(key)
         return record.reason if record else None
 
-    def _remaining(self, batch: Batch) -> tuple[list[PlannedItem], list[PlannedItem]]:
-        """(items without all outputs, those of them not failed either)."""
+    def _open_items(self, batch: Batch) -> Iterator[PlannedItem]:
+        """Items of `batch` still to make (not all images there, not failed), lazily, from
+        the first one not known finished."""
         done = self.outputs.scan()
         failed = self.failures.keys()
-        todo = [i for i in batch.items if not all(n in done for n in i.output_names())]
-        return todo, [i for i in todo if i.key not in failed]
+        if not failed >= self._failed_seen:  # `emif retry` made failed items pending again
+            self._cursor.clear()
+        self._failed_seen = failed
+        start = self._cursor.get(batch.name, 0)
+        for n, item in enumerate(batch.plan.items(start), start):
+            finished = item.key in failed or all(x in done for x in item.output_names())
+            if finished and n == start:
+                start = n + 1
+                self._cursor[batch.name] = start
+            if not finished:
+                yield item
 
     def discover(self) -> Discovery:
         found = Discovery()
@@ -122,12 +144,17 @@ class GenerateStage(StageBase):
         if queued:
             now = self.ctx.clock.now()
             found.waiting = sum(1 for p in queued if not self.ctx.settler.ready(p, now))
-        gens = self.ctx.layout.generations
-        for batch in self.inbox.batches():
-            for planned in self._remaining(batch)[1]:
-                outputs = tuple(gens / n for n in planned.output_names())
-                found.items.append(Item(planned.key, outputs, data=planned, batch=batch.name))
+        batches = self.inbox.batches()
+        found.items = self._items(batches)
+        found.count = sum(len(b.plan) - self._cursor.get(b.name, 0) for b in batches)
         return found
+
+    def _items(self, batches: list[Batch]) -> Iterator[Item]:
+        gens = self.ctx.layout.generations
+        for batch in batches:
+            for planned in self._open_items(batch):
+                outputs = tuple(gens / n for n in planned.output_names())
+                yield Item(planned.key, outputs, data=planned, batch=batch.name)
 
     def run(self, item: Item, work: Work) -> StageResult:
         planned: PlannedItem = item.data
