@@ -25,8 +25,9 @@ from .config import Config
 from .control import PauseGate
 from .engine import Engine, Timing
 from .errors import ServerUnavailable
-from .files import atomic_write_json, clean_orphans
+from .files import clean_orphans
 from .hooks import EngineHooks, HostState
+from .hosts import host_id_clash, write_host_report
 from .identity import HostIdentity, short_hostname
 from .layout import STAGE_FOLDERS, STAGES, Layout
 from .logs import get_logger
@@ -170,6 +171,10 @@ class DaemonHooks(EngineHooks):
         self.metrics = MetricsWriter(ctx.layout.metrics / ctx.host)
         self.guard = SleepGuard(cfg.macos.prevent_sleep)
         self.log = get_logger()
+        # A report younger than this is a live daemon's (it reports every heartbeat).
+        self.live_s = max(cfg.coordination.lease_s, 3 * cfg.coordination.heartbeat_s)
+        self.clash: str | None = None
+        self.on_clash: Callable[[], None] = lambda: None
 
     def may_claim(self) -> bool:
         return self.gate()
@@ -192,31 +197,35 @@ class DaemonHooks(EngineHooks):
         self.guard.busy(busy)
 
     def report(self, state: HostState) -> None:
-        write_host_report(self.ctx.layout, state)
+        """Our report, unless another machine's live daemon reports under our host id:
+        then say so and stop (`clash`), rather than mix two Macs' work under one name."""
+        if self.clash is not None:
+            return  # the report is the other machine's now; never overwrite it
+        if not state.stopped:
+            clash = host_id_clash(
+                self.ctx.layout, self.ctx.identity, self.ctx.clock.now(), self.live_s
+            )
+            if clash is not None:
+                if self.clash is None:
+                    self.clash = clash
+                    self.log.error("host_id_clash", reason=clash)
+                    self.on_clash()
+                return
+        write_host_report(self.ctx.layout, self.ctx.identity, state)
 
     def sweep(self) -> None:
-        """Remove temp files of dead writers anywhere under the root, logging each."""
+        """Remove temp files of dead writers wherever the daemon writes, logging each."""
+        layout = self.ctx.layout
         removed = clean_orphans(
-            [self.ctx.layout.root],
+            [layout.root],
             machine=self.ctx.identity.machine,
             server_now=self.ctx.clock.now(),
             max_age_s=ORPHAN_MAX_AGE_S,
             alive=psutil.pid_exists,
+            descend=layout.may_hold_temp_files,
         )
         for path in removed:
             self.log.info("orphan_removed", path=str(path))
-
-
-def write_host_report(layout: Layout, state: HostState) -> None:
-    """`.emif/hosts/<host>.json`: what `emif status` shows about this daemon."""
-    atomic_write_json(
-        layout.host_report(state.host),
-        {
-            **state.to_json(),
-            "pid": os.getpid(),
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-    )
 
 
 def make_engine(
@@ -263,9 +272,14 @@ def run_daemon(
         log.error("no_stages", hint=NO_STAGES_HINT)
         return EXIT_USAGE
     hooks = DaemonHooks(cfg, kit.ctx, events)
+    clash = host_id_clash(kit.ctx.layout, kit.ctx.identity, kit.ctx.clock.now(), hooks.live_s)
+    if clash is not None:
+        log.error("host_id_clash", reason=clash)
+        return EXIT_USAGE
     with contextlib.suppress(OSError):
         hooks.sweep()
     engine = make_engine(cfg, kit, stages, hooks, once=once)
+    hooks.on_clash = engine.request_stop
     hints = _hints(cfg, kit.ctx, engine)
     previous = _install_signals(engine)
     log.info(
@@ -295,6 +309,8 @@ def run_daemon(
         with contextlib.suppress(OSError):
             kit.ctx.clock.close()
         _restore_signals(previous)
+    if hooks.clash is not None:
+        code = EXIT_USAGE
     log.info("daemon_stopped", exit_code=code)
     return code
 

@@ -228,30 +228,56 @@ def clean_orphans(
     server_now: float,
     max_age_s: float,
     alive: Callable[[int], bool],
+    descend: Callable[[Path], bool] = lambda _folder: True,
 ) -> list[Path]:
     """Remove temp files and folders left by dead writers; returns what was removed.
 
     This machine's go as soon as their process is gone; other machines' only once older
     than `max_age_s` by the file server's clock, since we cannot see their processes.
+    The walk is iterative (a tree of any depth) and enters only folders `descend` allows,
+    so a sweep costs the folders where temp files can be, not every cut-out folder.
     """
     removed: list[Path] = []
-    for top in folders:
-        for dirpath, dirnames, filenames in os.walk(top):
-            for name in [*filenames, *dirnames]:
-                owner = parse_temp_name(name)
-                if owner is None:
-                    continue
-                path = Path(dirpath) / name
-                try:
-                    age = server_now - path.lstat().st_mtime
-                except FileNotFoundError:
-                    continue
-                mine = owner[0] == machine
-                if (mine and not alive(owner[1])) or (not mine and age > max_age_s):
-                    if path.is_dir():
-                        shutil.rmtree(path, ignore_errors=True)
-                    else:
-                        path.unlink(missing_ok=True)
-                    removed.append(path)
-            dirnames[:] = [d for d in dirnames if parse_temp_name(d) is None]
+    stack = list(folders)
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # gone, or unreadable: nothing we could remove there anyway
+        for entry in entries:
+            owner = parse_temp_name(entry.name)
+            path = Path(entry.path)
+            if owner is None:
+                if entry.is_dir(follow_symlinks=False) and descend(path):
+                    stack.append(path)
+                continue
+            try:
+                age = server_now - path.lstat().st_mtime
+            except FileNotFoundError:
+                continue
+            mine = owner[0] == machine
+            if (mine and not alive(owner[1])) or (not mine and age > max_age_s):
+                if entry.is_dir(follow_symlinks=False):
+                    _remove_tree(path)
+                else:
+                    path.unlink(missing_ok=True)
+                removed.append(path)
     return removed
+
+
+def _remove_tree(top: Path) -> None:
+    """`shutil.rmtree` without recursion: a temp folder is shallow, but never trust that."""
+    stack, folders = [top], []
+    while stack:
+        folder = stack.pop()
+        folders.append(folder)
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                else:
+                    Path(entry.path).unlink(missing_ok=True)
+    for folder in reversed(folders):
+        with contextlib.suppress(OSError):
+            folder.rmdir()

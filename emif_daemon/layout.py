@@ -126,6 +126,18 @@ class Layout:
             (self.claims / stage).mkdir(parents=True, exist_ok=True)
             (self.failed / stage).mkdir(parents=True, exist_ok=True)
 
+    def may_hold_temp_files(self, folder: Path) -> bool:
+        """Whether the orphan sweep must look inside `folder`: not in claims, logs or
+        metrics (never written through temp names), and in SEGMENTS/ no deeper than the
+        nation/category folders (a folder of cut-outs is built aside and renamed whole)."""
+        if folder in (self.claims, self.broken, self.logs, self.metrics):
+            return False
+        try:
+            rel = folder.relative_to(self.segments)
+        except ValueError:
+            return True
+        return len(rel.parts) < 3
+
     def stage_input(self, stage: str) -> Path:
         """The folder whose new files are `stage`'s work (its file events wake the stage)."""
         return Path(getattr(self, STAGE_FOLDERS[stage][0]))

@@ -10,6 +10,7 @@ import pytest
 
 from emif_daemon.files import (
     MACHINE,
+    _remove_tree,
     building_dir,
     clean_orphans,
     parse_temp_name,
@@ -96,3 +97,42 @@ def test_sleep_guard_holds_caffeinate_only_while_busy(
     assert proc.poll() is not None
     assert record.read_text().splitlines() == [f"-i -w {os.getpid()}"]
     assert not SleepGuard(enabled=True, platform="linux").enabled
+
+
+def test_the_sweep_walks_a_tree_of_any_depth_without_recursion(tmp_path: Path) -> None:
+    deep = tmp_path
+    for _ in range(1100):
+        deep = deep / "d"
+        deep.mkdir()
+    dead = deep / f".x.png.{MACHINE}.999999.abcd1234.emiftmp"
+    dead.write_bytes(b"half")
+    removed = clean_orphans(
+        [tmp_path], machine=MACHINE, server_now=time.time(), max_age_s=60,
+        alive=lambda _pid: False,
+    )  # fmt: skip
+    assert removed == [dead]
+    _remove_tree(tmp_path / "d")  # pytest's own clean-up recurses
+    assert not (tmp_path / "d").exists()
+
+
+def test_the_daemons_sweep_looks_only_where_temp_files_can_be(tmp_path: Path) -> None:
+    from emif_daemon.layout import Layout  # noqa: PLC0415
+
+    layout = Layout(tmp_path)
+    layout.ensure()
+    name = f".x.png.{MACHINE}.999999.abcd1234.emiftmp"
+    where = {
+        "sidecar": layout.generations / "Italy" / "family" / name,
+        "cut-out folder": layout.segments / "Italy" / "family" / name,
+        "plan": layout.jobs / name,
+        "inside a published cut-out folder": layout.segments / "Italy" / "family" / "s" / name,
+        "claims": layout.claims / "generate" / name,
+    }
+    for path in where.values():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    removed = clean_orphans(
+        [layout.root], machine=MACHINE, server_now=time.time(), max_age_s=60,
+        alive=lambda _pid: False, descend=layout.may_hold_temp_files,
+    )  # fmt: skip
+    assert sorted(removed) == sorted([where["sidecar"], where["cut-out folder"], where["plan"]])

@@ -68,3 +68,46 @@ def test_an_owner_paused_inside_its_commit_never_replaces_the_new_owners_work(
     assert [e["host"] for e in events if e["event"] == "item_done"] == ["b"]
     assert runs(root) == {"a": 1, "b": 1}
     assert not [p for p in (root / "outbox").iterdir() if p.name.startswith(".")]
+
+
+def foreign_report(root: Path, host: str) -> None:
+    """What a live daemon of another machine under the same host id leaves on the share."""
+    path = root / ".emif" / "hosts" / f"{host}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    doc = {"host": host, "machine": "0123456789ab", "pid": 4242, "stopped": False}
+    path.write_text(json.dumps(doc))
+
+
+@pytest.mark.slow
+def test_a_host_id_used_by_a_live_daemon_of_another_machine_is_refused_at_start(
+    root: Path,
+) -> None:
+    foreign_report(root, "twin")
+    proc = spawn(toy_cmd(config(root, "twin"), "--once"))
+    assert proc.wait(60) == 2
+    clashes = [e for e in log_lines(root) if e["event"] == "host_id_clash"]
+    assert len(clashes) == 1
+    assert "machine tag 0123456789ab" in clashes[0]["reason"]
+    assert "give each Mac its own host_id" in clashes[0]["reason"]
+    assert not (root / "runs.log").exists()
+
+
+@pytest.mark.slow
+def test_a_daemon_that_finds_its_host_id_taken_mid_run_stops_with_a_clear_error(
+    root: Path,
+) -> None:
+    (root / "inbox").mkdir()
+    proc = spawn(toy_cmd(config(root, "twin", heartbeat_s=0.1)))
+    try:
+        wait_for((root / ".emif" / "hosts" / "twin.json").exists, 30)
+        foreign_report(root, "twin")
+        assert proc.wait(30) == 2
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    events = [e["event"] for e in log_lines(root)]
+    assert events.count("host_id_clash") == 1
+    assert "daemon_stopping" in events
+    # The other machine's report is left as it was.
+    assert json.loads((root / ".emif/hosts/twin.json").read_text())["machine"] == "0123456789ab"
