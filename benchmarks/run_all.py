@@ -7,7 +7,14 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-SCRIPTS = ["bench_cpu_per_image.py", "bench_server_busy.py", "bench_scale.py", "bench_segment.py"]
+SCRIPTS = [
+    "bench_cpu_per_image.py",
+    "bench_server_busy.py",
+    "bench_scale.py",
+    "bench_big_file.py",
+    "bench_soak.py",
+    "bench_segment.py",
+]
 
 
 def main() -> int:

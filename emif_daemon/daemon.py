@@ -42,6 +42,7 @@ from .stage import EventSink, Stage, StageContext, StageResult
 from .watch import Hints, Settler
 
 if TYPE_CHECKING:
+    from .gallery_refresh import GalleryRefresher
     from .stages.segment import SegmentStage
 
 ORPHAN_MAX_AGE_S = 6 * 3600
@@ -74,6 +75,7 @@ class ServerPool:
                     connect_timeout=self._cfg.connect_timeout_s,
                     read_timeout=self._cfg.read_timeout_s,
                     slots=self._cfg.max_concurrent,
+                    auth=self._cfg.auth,
                 )
             return self._servers[url]
 
@@ -138,11 +140,14 @@ def build_stages(kit: StageKit, names: list[str], segment_builder: str = "") -> 
 
     cfg, ctx = kit.cfg, kit.ctx
     stages: list[Stage] = []
+    folders = cfg.server.models_folders  # where Draw Things' files are, when it runs here
     for name in names:
         if name == "generate":
-            stages.append(GenerateStage(ctx, cfg.generate, kit.servers.get(cfg.server.url)))
+            server = kit.servers.get(cfg.server.url)
+            stages.append(GenerateStage(ctx, cfg.generate, server, folders))
         elif name == "upscale":
-            stages.append(UpscaleStage(ctx, cfg.upscale, kit.servers.get(cfg.upscale_url)))
+            server = kit.servers.get(cfg.upscale_url)
+            stages.append(UpscaleStage(ctx, cfg.upscale, server, folders))
         elif name == "segment":
             stages.append(_segment_stage(ctx, cfg, segment_builder))
         else:
@@ -263,7 +268,8 @@ def run_daemon(
     """Run until SIGTERM/SIGINT (or, with `once`, until drained); returns the exit code."""
     log = get_logger()
     notifier = _notifier(cfg)
-    events: EventSink = notifier if notifier is not None else _no_listener
+    listeners: list[EventSink] = [notifier] if notifier is not None else []
+    events = _fan_out(listeners)
     kit = make_kit(cfg, events)
     stages = (
         stage_factory(kit) if stage_factory else build_stages(kit, enabled_stages(cfg, stage_names))
@@ -272,7 +278,9 @@ def run_daemon(
         log.error("no_stages", hint=NO_STAGES_HINT)
         return EXIT_USAGE
     hooks = DaemonHooks(cfg, kit.ctx, events)
-    clash = host_id_clash(kit.ctx.layout, kit.ctx.identity, kit.ctx.clock.now(), hooks.live_s)
+    # A share that is full or away cannot tell us now; the keeper checks again each tick.
+    now = kit.ctx.clock.now_or_local()
+    clash = host_id_clash(kit.ctx.layout, kit.ctx.identity, now, hooks.live_s)
     if clash is not None:
         log.error("host_id_clash", reason=clash)
         return EXIT_USAGE
@@ -295,13 +303,20 @@ def run_daemon(
     progress = TerminalProgress(lambda: engine.stats) if bars else None
     if progress is not None:
         progress.start()
+    gallery = _gallery(cfg, kit.ctx)
+    if gallery is not None:
+        listeners.append(gallery)
+        gallery.start()
     try:
         code = engine.run()
     finally:
-        # After the engine: bars drawn last, queued notifications flushed, watchers
-        # stopped, our clock probe removed, the signal handlers given back.
+        # After the engine: bars drawn last, the gallery's last build (it needs the clock),
+        # queued notifications flushed, watchers stopped, our clock probe removed, the
+        # signal handlers given back.
         if progress is not None:
             progress.stop()
+        if gallery is not None:
+            gallery.close()
         if notifier is not None:
             notifier.close()
         hints.stop()
@@ -317,6 +332,25 @@ def run_daemon(
 
 def _no_listener(_event: str, _data: Mapping[str, Any]) -> None:
     """No webhook and no banner configured."""
+
+
+def _fan_out(listeners: list[EventSink]) -> EventSink:
+    """One sink for the stages; the gallery joins once the context it needs exists."""
+
+    def send(event: str, data: Mapping[str, Any]) -> None:
+        for listener in list(listeners):
+            listener(event, data)
+
+    return send
+
+
+def _gallery(cfg: Config, ctx: StageContext) -> GalleryRefresher | None:
+    """Pages touched by finished work are rebuilt on their own thread (`[gallery] enabled`)."""
+    if not cfg.gallery.enabled:
+        return None
+    from .gallery_refresh import GalleryRefresher  # noqa: PLC0415 - Jinja2 and Pillow
+
+    return GalleryRefresher(ctx.layout, ctx.clock, ctx.identity, stale_s=cfg.coordination.lease_s)
 
 
 def _notifier(cfg: Config) -> Notifier | None:

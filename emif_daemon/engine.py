@@ -201,6 +201,9 @@ class Engine:
                     seconds=round(time.monotonic() - started, 3),
                 )
         except (ShareUnavailable, OSError) as exc:
+            if share_full(exc):  # the probe of the server clock could not be written
+                self._say_once("share_full", error=exc.strerror or str(exc))
+                return None
             if not self._share_down:
                 self._share_down = True
                 self.log.error("share_unavailable", error=str(exc))

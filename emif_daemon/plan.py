@@ -20,7 +20,7 @@ from .prompts import MAX_SEED, Parsed, index_ranges
 PLAN_VERSION = 2
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PlannedItem:
     """One server answer: `images` PNGs named <N>_<c>_<index>_<k>.png, k = 1…images."""
 
@@ -40,7 +40,7 @@ class PlannedItem:
         return [f"{self.nation}/{self.category}/{stem}_{k}.png" for k in range(1, self.images + 1)]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class JobPlan:
     """One entry of the file, its final prompt made once (not once per image)."""
 

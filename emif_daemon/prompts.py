@@ -40,7 +40,7 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Job:
     loc: str  # JSON location, e.g. "jobs[3]"
     nation: str

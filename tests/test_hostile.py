@@ -5,10 +5,14 @@ Real processes where the condition needs one (docs/protocol.md#guarantees).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import signal
+import subprocess
+import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -111,3 +115,60 @@ def test_a_daemon_that_finds_its_host_id_taken_mid_run_stops_with_a_clear_error(
     assert "daemon_stopping" in events
     # The other machine's report is left as it was.
     assert json.loads((root / ".emif/hosts/twin.json").read_text())["machine"] == "0123456789ab"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs: a share that fills up. Needs root (CI runs as root)."""
+    mount = tmp_path / "share"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_share_that_fills_up_loses_nothing_and_every_item_is_made_once_space_returns(
+    small_disk: Path,
+) -> None:
+    root = small_disk / "root"
+    (root / "inbox").mkdir(parents=True)
+    names = [f"{i:02}" for i in range(6)]
+    for name in names:
+        (root / "inbox" / f"{name}.txt").write_text(name)
+    sections = fast_sections(root, coordination={"host_id": "full"})
+    sections["logging"] = {"file": "full.jsonl"}  # beside the config, off the full share
+    cfg = write_config(small_disk.parent / "full.toml", sections)
+    filler = small_disk / "filler"
+    with open(filler, "wb") as fh, contextlib.suppress(OSError):  # fill every byte
+        while True:
+            fh.write(b"\0" * 65536)
+            fh.flush()
+    proc = spawn(toy_cmd(cfg, "--work-s", "0.05"))
+    log = small_disk.parent / "full.jsonl"
+    try:
+        wait_for(lambda: log.exists() and "share_full" in log.read_text(), 30)
+        time.sleep(1.0)  # ten more rounds against the full share: nothing to poll for
+        claims = root / ".emif" / "claims" / "toy"
+        assert [p for p in claims.glob("*.claim") if p.stat().st_size == 0] == []
+        filler.unlink()
+        wait_for(lambda: all((root / "outbox" / f"{n}.out").exists() for n in names), 60)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+    for name in names:
+        assert (root / "outbox" / f"{name}.out").read_bytes() == expected_output(name)
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [e for e in events if e["event"] == "item_failed"] == []
+    assert sum(1 for e in events if e["event"] == "share_full") <= 3  # said, not flooded
+    claims = list((root / ".emif" / "claims" / "toy").glob("*.claim"))
+    assert sorted(c.stem for c in claims) == names
+    assert all(json.loads(c.read_text())["state"] == "done" for c in claims)
+    assert not [p for p in root.rglob("*") if p.name.endswith(".emiftmp")]

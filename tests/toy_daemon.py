@@ -97,7 +97,10 @@ def main() -> int:
     args = parser.parse_args()
     cfg = load_config(Path(args.config))
     host = host_id(cfg)
-    configure_logging(host=host, file=cfg.paths.root / "logs" / f"{host}.jsonl", stderr=False)
+    log = cfg.paths.root / "logs" / f"{host}.jsonl"
+    if cfg.logging.file:  # a test that fills the share keeps its log elsewhere
+        log = Path(args.config).parent / cfg.logging.file
+    configure_logging(host=host, file=log, stderr=False)
     return run_daemon(
         cfg,
         once=args.once,

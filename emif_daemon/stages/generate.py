@@ -8,48 +8,64 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..answers import a1111_info_problem, a1111_maps_problem
 from ..config import GenerateConfig
-from ..errors import TransientError
+from ..dialects import guess_kind, merge_payload
+from ..errors import PermanentItemError, TransientError
 from ..failures import FailureLog
 from ..files import png_problem
+from ..findings import Use
 from ..inbox import Batch, BatchSummary, Expansion, Inbox, queued_files
 from ..layout import is_input_png
 from ..logs import get_logger
 from ..plan import PlannedItem
+from ..preflight import Preflight
 from ..prompts import Limits
 from ..sdapi import TXT2IMG, Server
 from ..stage import Discovery, Item, StageBase, StageContext, StageResult, Work
 from ..watch import TreeScanner
+from ..zoo import upscale_factor
 from .common import publish_png, utc_iso, without_images
 
 
-def expected_size(payload: dict[str, Any]) -> tuple[int, int] | None:
-    """The final image size a txt2img payload asks for, when it can be known.
+def expected_size(payload: dict[str, Any], kind: str | None = None) -> tuple[int, int] | None:
+    """The final image size a txt2img payload asks for, when it can be known
+    (docs/servers.md#expected-size).
 
-    Draw Things' width/height are the final size (hi-res fix included); A1111's hires fix
-    scales them by hr_scale or sets hr_resize_x/y.
+    Draw Things: width×height floored to 64 (`hires_fix`, alias `enable_hr`, keeps it: its
+    own keys are the first pass), times the upscaler's factor whenever `upscaler` is set,
+    txt2img included. A1111: hi-res fix makes it hr_resize_x/y, or width/height × hr_scale.
     """
+    kind = kind if kind in ("drawthings", "a1111") else guess_kind(payload)
     w, h = payload.get("width"), payload.get("height")
-    if not (isinstance(w, int) and isinstance(h, int)) or w % 64 or h % 64:
+    if not (isinstance(w, int) and isinstance(h, int)) or w <= 0 or h <= 0:
         return None
-    if payload.get("enable_hr") is True:
-        rx, ry = payload.get("hr_resize_x") or 0, payload.get("hr_resize_y") or 0
-        if rx and ry:
-            return int(rx), int(ry)
-        scale = payload.get("hr_scale", 2.0)
-        return (int(w * scale), int(h * scale)) if isinstance(scale, int | float) else None
-    return w, h
+    if kind == "drawthings":
+        factor = upscale_factor(payload)
+        return (w // 64 * 64 * factor, h // 64 * 64 * factor) if factor else None
+    if payload.get("enable_hr") is not True:
+        return (w, h) if kind == "a1111" or not payload.get("upscaler") else None
+    if kind is None:
+        return None  # enable_hr means opposite things to the two servers
+    rx, ry = payload.get("hr_resize_x") or 0, payload.get("hr_resize_y") or 0
+    if isinstance(rx, int) and isinstance(ry, int) and (rx or ry):
+        return (rx or ry * w // h, ry or rx * h // w)  # one side alone keeps the aspect
+    scale = payload.get("hr_scale", 2.0)
+    return (int(w * scale), int(h * scale)) if isinstance(scale, int | float) else None
 
 
 def build_payload(base: dict[str, Any], item: PlannedItem) -> dict[str, Any]:
-    """[generate.payload] ⊕ the job's overrides ⊕ the computed fields; the seed is always ours."""
+    """[generate.payload] ⊕ the job's overrides ⊕ the computed fields; the seed is always ours.
+
+    An override spelled as an alias of the recipe's key (`cfg_scale` over `guidance_scale`)
+    replaces it, so one key is sent (docs/servers.md#payloads).
+    """
     return {
-        **base,
-        **item.payload,
+        **merge_payload(base, item.payload),
         "prompt": item.prompt,
         "negative_prompt": item.negative_prompt,
         "seed": item.seed,
@@ -59,11 +75,23 @@ def build_payload(base: dict[str, Any], item: PlannedItem) -> dict[str, Any]:
 class GenerateStage(StageBase):
     name = "generate"
     priority = 1
+    # Two workers: while one checks and publishes an answer, the other's request is already
+    # waiting for the server's slot, so the server never idles on our writes (the
+    # per-server request limit still holds).
+    workers = 2
 
-    def __init__(self, ctx: StageContext, cfg: GenerateConfig, server: Server) -> None:
+    def __init__(
+        self,
+        ctx: StageContext,
+        cfg: GenerateConfig,
+        server: Server,
+        models_folders: Sequence[Path] = (),
+    ) -> None:
         self.ctx = ctx
         self.cfg = cfg
         self.server = server
+        use = Use("generate", cfg.payload, "txt2img")
+        self.preflight = Preflight(self.name, server, [use], models_folders)
         self.inbox = Inbox(
             ctx.layout,
             Expansion(
@@ -81,6 +109,9 @@ class GenerateStage(StageBase):
         self.outputs = TreeScanner(ctx.layout.generations, want=is_input_png)
         self.failures = FailureLog(ctx.layout.failed, self.name)
         self.log = get_logger()
+
+    def unavailable(self) -> str | None:
+        return self.preflight.refusal  # the server cannot do what the recipe says
 
     def wait_available(self, stop: threading.Event) -> None:
         self.server.wait_until_up(stop)
@@ -157,15 +188,24 @@ class GenerateStage(StageBase):
                 yield Item(planned.key, outputs, data=planned, batch=batch.name)
 
     def run(self, item: Item, work: Work) -> StageResult:
+        self.preflight.ensure(work.check)
         planned: PlannedItem = item.data
         payload = build_payload(self.cfg.payload, planned)
         started = time.time()
-        answer = self.server.post(TXT2IMG, payload, priority=self.priority, expect=planned.images)
-        expect = expected_size(payload)
+        answer = self.server.post(
+            TXT2IMG, payload, priority=self.priority, expect=planned.images, check=work.check
+        )
+        kind = self.server.info.kind if self.server.info else None
+        expect = expected_size(payload, kind)
         for k, image in enumerate(answer.images, 1):
             problem = png_problem(image, expect)
             if problem:
                 raise TransientError(f"image {k} of the answer: {problem}")
+        if kind == "a1111":
+            ran = a1111_info_problem(payload, answer.info)
+            ran = ran or a1111_maps_problem(payload, answer.extra_images)
+            if ran:
+                raise PermanentItemError(f"txt2img ({self.preflight.uses[0].where}): {ran}")
         work.check()
         info = self.server.info
         sidecar = {
