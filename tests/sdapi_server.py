@@ -1,112 +1,40 @@
-"""A loopback sdapi server that behaves like Draw Things (or AUTOMATIC1111) for the tests.
+"""A loopback sdapi server that behaves like Draw Things or AUTOMATIC1111, for the tests.
 
-Draw Things mode, after docs/servers.md: unknown keys → 422 "Unrecognized
-keys", every error is a 422 JSON with `detail`, answers are `{"images": [...]}` only, an
-img2img init image must match width/height and be plain base64, one generation at a time.
-AUTOMATIC1111 mode: unknown keys ignored, `data:` prefixes stripped, answers carry
-`parameters` and an `info` JSON string with the seed.
+Each mode does what its server's source says it does (docs/servers.md), never anything
+kinder: Draw Things (tests/fake_drawthings.py, driven by tests/drawthings_parameters.json)
+refuses unknown keys, aliases sent twice, values out of range and files it does not have with
+422 and its own texts, fails while generating with 422 too, and silently drops a refiner or a
+ControlNet it cannot use; AUTOMATIC1111 (tests/fake_a1111.py) ignores unknown keys, falls back
+silently, puts the message of a 500 in `errors`, and destroys the picture at img2img strength 0.
+Every request is recorded with what really ran (`applied`), what was silently not done
+(`dropped`) and, on Draw Things, which keys came from the app window (`app_values`).
 
-Faults are queued per test: "500", "422", "garbage", "badpng", "drop", "empty", "extra".
+Faults are queued per test and used by the next generation request (or the next one sending a
+given seed): "500", "drop", "garbage", "badpng", "empty", "extra", "ok" (none), and on Draw
+Things "gen422" (a failure while generating) and "notready" (a 422 with no reason, as when no
+delegate is ready).
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import threading
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-DRAW_THINGS_KEYS = {
-    "prompt",
-    "negative_prompt",
-    "model",
-    "width",
-    "height",
-    "seed",
-    "seed_mode",
-    "steps",
-    "guidance_scale",
-    "cfg_scale",
-    "sampler",
-    "sampler_name",
-    "sampler_index",
-    "batch_count",
-    "n_iter",
-    "batch_size",
-    "strength",
-    "denoising_strength",
-    "clip_skip",
-    "image_guidance",
-    "mask_blur",
-    "mask_blur_outset",
-    "sharpness",
-    "shift",
-    "clip_weight",
-    "hires_fix",
-    "enable_hr",
-    "hires_fix_width",
-    "firstphase_width",
-    "hires_fix_height",
-    "firstphase_height",
-    "hires_fix_strength",
-    "refiner_model",
-    "refiner_start",
-    "upscaler",
-    "upscaler_scale",
-    "upscaler_scale_factor",
-    "loras",
-    "controls",
-    "tiled_decoding",
-    "decoding_tile_width",
-    "decoding_tile_height",
-    "decoding_tile_overlap",
-    "tiled_diffusion",
-    "diffusion_tile_width",
-    "diffusion_tile_height",
-    "diffusion_tile_overlap",
-    "stochastic_sampling_gamma",
-    "preserve_original_after_inpaint",
-    "zero_negative_prompt",
-    "aesthetic_score",
-    "negative_aesthetic_score",
-    "original_width",
-    "original_height",
-    "target_width",
-    "target_height",
-    "negative_original_width",
-    "negative_original_height",
-    "crop_top",
-    "crop_left",
-    "negative_prompt_for_image_prior",
-    "image_prior_steps",
-    "restore_faces",
-    "init_images",
-}
-CONTROL_KEYS = {
-    "weight", "guidanceStart", "guidanceEnd", "noPrompt", "globalAveragePooling",
-    "downSamplingRate", "controlImportance", "inputOverride", "targetBlocks",
-}  # fmt: skip
-SAMPLERS = {"DPM++ 2M Karras", "Euler a", "DDIM", "UniPC", "DPM++ SDE Karras", "TCD", "LCM"}
+from tests.fake_a1111 import A1111App, Failure, run_job
+from tests.fake_drawthings import UNSENDABLE, DrawThingsApp, Refusal, decode, generate
+from tests.fake_images import Pictures, make_png
 
+__all__ = ["Recorded", "SdapiHTTPServer", "SdapiState", "make_png", "png_dims", "start"]
 
-def make_png(width: int, height: int, seed: int = 0) -> bytes:
-    """A valid RGB PNG, made without Pillow so the server costs the tests little CPU."""
-    color = bytes(((seed >> s) & 0xFF) for s in (0, 8, 16))
-    row = b"\x00" + color * width
-    raw = zlib.compress(row * height, 1)
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return len(data).to_bytes(4, "big") + body + zlib.crc32(body).to_bytes(4, "big")
-
-    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + b"\x08\x02\x00\x00\x00"
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", raw) + chunk(b"IEND", b"")
+DT_ROUTES = {"/sdapi/v1/txt2img": "txt2img", "/sdapi/v1/img2img": "img2img"}
+A1_ROUTES = {**DT_ROUTES, "/sdapi/v1/extra-single-image": "extra-single-image"}
+GENERATION_FAILED = "The operation couldn’t be completed. (DrawThings.ImageGeneratorError error 1.)"
 
 
 def png_dims(data: bytes) -> tuple[int, int]:
@@ -115,12 +43,20 @@ def png_dims(data: bytes) -> tuple[int, int]:
 
 @dataclass
 class Recorded:
-    path: str
+    path: str  # txt2img, img2img, extra-single-image; "GET <path>" for a GET
     payload: dict[str, Any]
     status: int
     images: list[bytes] = field(default_factory=list)
-    started: float = 0.0
-    finished: float = 0.0
+    started: float = 0.0  # monotonic: the server began working on it
+    finished: float = 0.0  # its answer was ready
+    received: float = 0.0  # its request line had arrived
+    applied: dict[str, Any] = field(default_factory=dict)  # what really ran
+    dropped: list[str] = field(default_factory=list)  # asked for, silently not done
+    app_values: dict[str, Any] = field(default_factory=dict)  # Draw Things: from the window
+
+    @property
+    def is_generation(self) -> bool:
+        return not self.path.startswith("GET ")
 
 
 class SdapiState:
@@ -128,28 +64,61 @@ class SdapiState:
         self.mode = mode
         self.latency = latency
         self.faults: deque[str] = deque()
+        self.faults_by_seed: dict[int, deque[str]] = {}
         self.requests: list[Recorded] = []
         self.gpu = threading.Lock()  # one generation at a time, like the real servers
         self.lock = threading.Lock()
-        self.fixed_images: dict[tuple[int, int], bytes] = {}
         self.busy_s = 0.0
+        self.active = 0  # requests being served now
+        self.pictures = Pictures()
+        self.app = DrawThingsApp()
+        self.a1111 = A1111App()
 
-    def fault(self, *kinds: str) -> None:
-        with self.lock:
-            self.faults.extend(kinds)
+    @property
+    def fixed_images(self) -> dict[tuple[int, int], bytes]:
+        """Answers of these sizes are these bytes (the benchmarks' photographs)."""
+        return self.pictures.fixed
 
-    def next_fault(self) -> str | None:
+    @fixed_images.setter
+    def fixed_images(self, images: dict[tuple[int, int], bytes]) -> None:
+        self.pictures.fixed = images
+
+    def fault(self, *kinds: str, seed: int | None = None) -> None:
+        """Faults for the next generation requests; with `seed`, for the next requests
+        sending that seed (so concurrent workers cannot take each other's faults)."""
         with self.lock:
+            queue = self.faults if seed is None else self.faults_by_seed.setdefault(seed, deque())
+            queue.extend(kinds)
+
+    def next_fault(self, seed: Any = None) -> str | None:
+        with self.lock:
+            own = self.faults_by_seed.get(seed) if isinstance(seed, int) else None
+            if own:
+                return own.popleft()
             return self.faults.popleft() if self.faults else None
 
     def generations(self) -> list[Recorded]:
         with self.lock:
-            return [r for r in self.requests if r.path != "options"]
+            return [r for r in self.requests if r.is_generation]
+
+    def record(self, rec: Recorded) -> None:
+        with self.lock:
+            self.requests.append(rec)
+
+
+def dt_error(detail: str) -> dict[str, Any]:
+    return {"error": "HTTPException", "detail": detail, "body": "", "errors": ""}
 
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: SdapiHTTPServer
+
+    def setup(self) -> None:
+        # Draw Things' HTTP library: 5 s keep-alive and read timeouts, 5 requests a connection
+        self.timeout = 5 if self.server.state.mode == "drawthings" else 30
+        self.served = 0
+        super().setup()
 
     def log_message(self, *_args: Any) -> None:
         pass
@@ -158,152 +127,176 @@ class Handler(BaseHTTPRequestHandler):
     def state(self) -> SdapiState:
         return self.server.state
 
-    def _send(self, status: int, body: dict[str, Any] | bytes) -> None:
-        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    @property
+    def drawthings(self) -> bool:
+        return self.state.mode == "drawthings"
+
+    def _send(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
+        if isinstance(body, bytes):
+            data = body
+        else:
+            data = json.dumps(body).encode()
+            if self.drawthings:  # Swift's JSONEncoder escapes every "/"
+                data = data.replace(b"/", b"\\/")
+        self.served += 1
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if self.drawthings:
+            self.send_header("Keep-Alive", "timeout=5, max=5")
+            if self.served >= 5:
+                self.close_connection = True
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        if self.command != "HEAD":
+            self.wfile.write(data)
 
-    def _error(self, status: int, detail: str) -> None:
-        self._send(status, {"error": "HTTPException", "detail": detail, "body": "", "errors": ""})
+    def _path(self) -> str:
+        return self.path.split("?", 1)[0]
+
+    def _authorised(self) -> bool:
+        """A1111's --api-auth guards every /sdapi route."""
+        auth = self.state.a1111.auth
+        if self.drawthings or auth is None or not self._path().startswith("/sdapi/"):
+            return True
+        token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+        if self.headers.get("Authorization") == f"Basic {token}":
+            return True
+        self._send(401, {"detail": "Incorrect username or password"},
+                   {"WWW-Authenticate": "Basic"})  # fmt: skip
+        return False
 
     def do_GET(self) -> None:
-        if self.path in ("/", "/sdapi/v1/options"):
-            with self.state.lock:
-                self.state.requests.append(Recorded("options", {}, 200))
-            if self.state.mode == "drawthings":
-                self._send(200, {"model": "sd_xl_base_1.0_f16.ckpt", "steps": 30})
-            else:
-                self._send(200, {"sd_model_checkpoint": "sd_xl_base_1.0.safetensors [31e35c80fc]"})
+        received = time.monotonic()
+        path = self._path()
+        self.state.record(Recorded(f"GET {path}", {}, 200, received=received))
+        if not self._authorised():
             return
-        self.send_response(404)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
+        if self.drawthings:
+            if path in ("/", "/sdapi/v1/options"):
+                self._send(200, self.state.app.state())
+            else:  # cpp-httplib: 404 with no body
+                self._send(404, b"")
+            return
+        found = self.state.a1111.get(path)
+        self._send(200, found) if found is not None else self._send(404, {"detail": "Not Found"})
+
+    do_HEAD = do_GET
+
+    def do_PUT(self) -> None:
+        self._send(
+            400 if self.drawthings else 405,
+            b"" if self.drawthings else {"detail": "Method Not Allowed"},
+        )
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", 0))
-        raw = self.rfile.read(length)  # the transfer: the server waits for the client here
-        path = self.path.rsplit("/", 1)[-1]
-        if path not in ("txt2img", "img2img"):
-            self._error(404, "Not Found")
+        received = time.monotonic()
+        with self.state.lock:
+            self.state.active += 1
+        try:
+            self._post(received)
+        finally:
+            with self.state.lock:
+                self.state.active -= 1
+
+    def _post(self, received: float) -> None:
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        routes = DT_ROUTES if self.drawthings else A1_ROUTES
+        path = routes.get(self._path())
+        if path is None or not self._authorised():
+            if path is None:
+                self._send(404, b"" if self.drawthings else {"detail": "Not Found"})
             return
         # One request at a time, like the real servers. Parsing the request and encoding
         # the answer are the server's work, so they count as busy; the transfers do not.
         with self.state.gpu:
             started = time.monotonic()
-            try:
-                payload = json.loads(raw)
-            except ValueError:
-                payload = None
-            if payload is None:
-                status, images, body = 422, [], {"detail": "body is not JSON"}
-            else:
-                status, images, body = self._generate(path, payload)
+            rec = Recorded(path, _shown(raw), 200, received=received, started=started)
+            status, body, headers = self._work(path, raw, rec)
             if self.state.latency:
                 time.sleep(self.state.latency)
-            data = body if isinstance(body, bytes) else json.dumps(body).encode()
-            finished = time.monotonic()
+            if not isinstance(body, bytes):
+                body = json.dumps(body).encode()
+                if self.drawthings:
+                    body = body.replace(b"/", b"\\/")
+            rec.status, rec.finished = status, time.monotonic()
             with self.state.lock:
-                self.state.busy_s += finished - started
-                shown = {k: v for k, v in (payload or {}).items() if k != "init_images"}
-                self.state.requests.append(Recorded(path, shown, status, images, started, finished))
+                self.state.busy_s += rec.finished - started
+            self.state.record(rec)
         if status == -1:  # drop the connection without an answer
             self.close_connection = True
             self.connection.shutdown(2)
             return
-        self._send(status, data)
+        self._send(status, body, headers)
 
-    def _generate(self, path: str, payload: dict[str, Any]) -> tuple[int, list[bytes], Any]:
-        fault = self.state.next_fault()
+    def _work(self, path: str, raw: bytes, rec: Recorded) -> tuple[int, Any, dict[str, str]]:
+        fault = self.state.next_fault(rec.payload.get("seed"))
         if fault == "drop":
-            return -1, [], b""
+            return -1, b"", {}
         if fault == "500":
-            return 500, [], {"error": "RuntimeError", "detail": "CUDA out of memory"}
-        if fault == "422":
-            return 422, [], {"error": "HTTPException", "detail": "Missing files for model"}
-        problem = self._validate(path, payload)
-        if problem:
-            return 422, [], {"error": "HTTPException", "detail": problem, "body": "", "errors": ""}
-        width, height = self._output_size(path, payload)
-        count = int(payload.get("batch_size", 1)) * int(
-            payload.get("batch_count", payload.get("n_iter", 1))
-        )
-        seed = int(payload.get("seed", 0))
-        images = [self._image(width, height, seed + k) for k in range(count)]
-        encoded = [base64.b64encode(i).decode() for i in images]
-        if fault == "garbage":
-            encoded = ["this is not base64!!" for _ in images]
-        elif fault == "badpng":
-            encoded = [base64.b64encode(b"\x89PNG\r\n\x1a\nnot really").decode() for _ in images]
-        elif fault == "empty":
-            encoded = []
-        elif fault == "extra":
-            encoded.append(base64.b64encode(self._image(64, 64, 1)).decode())
-        if self.state.mode == "drawthings":
-            return 200, images, {"images": encoded}
-        info = {"seed": seed, "all_seeds": [seed + k for k in range(count)]}
-        return 200, images, {"images": encoded, "parameters": payload, "info": json.dumps(info)}
+            if self.drawthings:  # a C++ exception escaping the handler: reason in a header
+                return 500, b"", {"EXCEPTION_WHAT": "std::bad_alloc"}
+            oom = "CUDA out of memory. Tried to allocate 2.00 GiB"
+            return 500, {"error": "OutOfMemoryError", "detail": "", "body": "", "errors": oom}, {}
+        try:
+            body, key = self._generate(path, raw, rec, fault)
+        except Refusal as exc:
+            return 422, dt_error(exc.detail), {}
+        except Failure as exc:
+            return exc.status, exc.body, {}
+        return 200, _spoil(body, key, fault), {}
 
-    def _image(self, width: int, height: int, seed: int) -> bytes:
-        fixed = self.state.fixed_images.get((width, height))
-        return fixed if fixed is not None else make_png(width, height, seed)
+    def _generate(
+        self, path: str, raw: bytes, rec: Recorded, fault: str | None
+    ) -> tuple[dict[str, Any], str]:
+        state = self.state
+        if self.drawthings:
+            job = decode(state.app, path, raw)
+            if fault == "gen422":
+                raise Refusal(GENERATION_FAILED)
+            if fault == "notready":
+                raise Refusal("")
+            images, rec.applied = generate(state.app, state.pictures, path, job)
+            rec.dropped = job.dropped
+            own = job.sent | UNSENDABLE | ({"strength"} if path == "txt2img" else set())
+            rec.app_values = {k: v for k, v in state.app.state().items() if k not in own}
+            rec.images = images
+            return {"images": [base64.b64encode(i).decode() for i in images]}, "images"
+        body, images, rec.applied, rec.dropped = run_job(state.a1111, state.pictures, path, raw)
+        rec.images = images
+        return body, "image" if "image" in body else "images"
 
-    def _validate(self, path: str, payload: dict[str, Any]) -> str | None:
-        init = payload.get("init_images")
-        if path == "img2img" and not init:
-            return None if self.state.mode == "drawthings" else "Init image not found"
-        if self.state.mode != "drawthings":
-            return None
-        unknown = sorted(set(payload) - DRAW_THINGS_KEYS)
-        if unknown:
-            return "Unrecognized keys: " + json.dumps(unknown)
-        if path == "txt2img" and init:
-            return "init_images is not supported for text-to-image"
-        sampler = payload.get("sampler", payload.get("sampler_name"))
-        if sampler is not None and sampler not in SAMPLERS:
-            return f"Invalid value for sampler_name (options: {sorted(SAMPLERS)})"
-        for control in payload.get("controls") or []:
-            missing = CONTROL_KEYS - set(control)
-            if missing:
-                return f"keyNotFound: {sorted(missing)}"
-        for key in ("steps", "width", "height", "seed", "batch_size", "batch_count"):
-            if key in payload and not isinstance(payload[key], int | None):
-                return f"Value for {key} must be an integer"
-        if path == "img2img":
-            if len(init) != 1:
-                return "exactly one init image is used"
-            try:
-                data = base64.b64decode(init[0], validate=True)
-            except (binascii.Error, ValueError):
-                return "Data in init_images did not represent a valid image"
-            if not data.startswith(b"\x89PNG"):
-                return "Data in init_images did not represent a valid image"
-            w, h = png_dims(data)
-            if (w, h) != (payload.get("width"), payload.get("height")):
-                return (
-                    f"init_images height doesn't match {h} from the parameter "
-                    f"{payload.get('height')}"
-                )
-        return None
 
-    def _output_size(self, path: str, payload: dict[str, Any]) -> tuple[int, int]:
-        width, height = int(payload.get("width", 512)), int(payload.get("height", 512))
-        if self.state.mode == "drawthings":
-            width, height = width // 64 * 64, height // 64 * 64
-            scale = payload.get("upscaler_scale", 0)
-            if path == "img2img" and payload.get("upscaler"):
-                scale = scale or 4
-                width, height = width * scale, height * scale
-            return width, height
-        if path == "txt2img" and payload.get("enable_hr"):
-            rx, ry = payload.get("hr_resize_x", 0), payload.get("hr_resize_y", 0)
-            if rx and ry:
-                return rx, ry
-            scale = payload.get("hr_scale", 2.0)
-            return int(width * scale), int(height * scale)
-        return width, height
+def _shown(raw: bytes) -> dict[str, Any]:
+    """The request as recorded: without its images."""
+    try:
+        doc = json.loads(raw)
+    except ValueError:
+        return {}
+    return (
+        {k: v for k, v in doc.items() if k not in ("init_images", "image")}
+        if isinstance(doc, dict)
+        else {}
+    )
+
+
+def _spoil(body: dict[str, Any], key: str, fault: str | None) -> dict[str, Any]:
+    """The answer's images as a fault wants them."""
+    if fault is None or fault == "ok":
+        return body
+    images = [body[key]] if key == "image" else list(body[key])
+    if fault == "garbage":
+        images = ["this is not base64!!" for _ in images]
+    elif fault == "badpng":
+        images = [base64.b64encode(b"\x89PNG\r\n\x1a\nnot really").decode() for _ in images]
+    elif fault == "empty":
+        images = []
+    elif fault == "extra":
+        images.append(base64.b64encode(make_png(64, 64, 1)).decode())
+    if key == "image":
+        return {**body, "image": images[0] if images else ""}
+    return {**body, "images": images}
 
 
 class SdapiHTTPServer(ThreadingHTTPServer):
@@ -333,7 +326,7 @@ if __name__ == "__main__":  # a server for benchmarks and manual runs: python -m
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--mode", default="drawthings")
+    parser.add_argument("--mode", default="drawthings", choices=("drawthings", "a1111"))
     parser.add_argument("--latency", type=float, default=0.0)
     args = parser.parse_args()
     srv, th = start(args.mode, args.latency, args.port)

@@ -1,26 +1,41 @@
-"""Upscale: every PNG under GENERATIONS/ → a chain of img2img passes → UPSCALED_IMAGES/."""
+"""Upscale: every PNG under GENERATIONS/ → a chain of passes → UPSCALED_IMAGES/.
+
+A pass is img2img, or on AUTOMATIC1111 its upscaler-only extras route (`endpoint =
+"extras"`). Each answer must still resemble its input: a pass that destroyed the picture
+fails the item, naming the pass (docs/servers.md#checks-after-each-answer).
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from ..answers import a1111_info_problem, a1111_maps_problem
 from ..config import UpscaleConfig
-from ..errors import TransientError
+from ..errors import PermanentItemError, TransientError
 from ..files import png_problem, png_shape, png_size
+from ..findings import Use
 from ..layout import upscale_output
-from ..sdapi import IMG2IMG, Server
+from ..preflight import Preflight, pass_uses
+from ..resemblance import Thumb, similarity, thumbnail
+from ..sdapi import EXTRAS, IMG2IMG, Answer, Server
 from ..stage import Discovery, Item, StageBase, StageContext, StageResult, Work
 from .common import PngTreeDiscovery, publish_png, read_source_png, sha256, utc_iso
 
 
-def pass_payload(template: dict[str, Any], image: bytes) -> dict[str, Any]:
-    """One pass's payload, the init image aside: width/height = the image's size unless
-    the pass sets them (Draw Things rejects an init image whose size differs)."""
+def pass_payload(
+    template: Mapping[str, Any], image: bytes, endpoint: str = "img2img"
+) -> dict[str, Any]:
+    """One pass's payload, the input image aside: for img2img width/height = the image's
+    size unless the pass sets them (Draw Things rejects an init image whose size differs);
+    the extras route sizes its answer from its own keys."""
     size = png_size(image)
-    base: dict[str, Any] = {"width": size[0], "height": size[1]} if size else {}
-    return {**base, **template}
+    if endpoint == "extras" or size is None:
+        return dict(template)
+    return {"width": size[0], "height": size[1], **template}
 
 
 class UpscaleStage(StageBase):
@@ -30,10 +45,18 @@ class UpscaleStage(StageBase):
     # server busy (each item is two round-trips; the server limit still holds).
     workers = 2
 
-    def __init__(self, ctx: StageContext, cfg: UpscaleConfig, server: Server) -> None:
+    def __init__(
+        self,
+        ctx: StageContext,
+        cfg: UpscaleConfig,
+        server: Server,
+        models_folders: Sequence[str | Path] = (),
+    ) -> None:
         self.ctx = ctx
         self.cfg = cfg
         self.server = server
+        self.passes = pass_uses(cfg.passes)
+        self.preflight = Preflight(self.name, server, self.passes, models_folders)
         self.finder = PngTreeDiscovery(
             ctx,
             inputs=ctx.layout.stage_input(self.name),
@@ -47,7 +70,7 @@ class UpscaleStage(StageBase):
                 "upscale.passes is empty: add [[upscale.passes]] tables to the config "
                 "or set upscale.enabled = false"
             )
-        return None
+        return self.preflight.refusal  # the server cannot do what the passes say
 
     def wait_available(self, stop: threading.Event) -> None:
         self.server.wait_until_up(stop)
@@ -57,25 +80,26 @@ class UpscaleStage(StageBase):
 
     def run(self, item: Item, work: Work) -> StageResult:
         assert item.source is not None
+        self.preflight.ensure(work.check)
         source = read_source_png(item.source, self.name)
         started = time.time()
         current, server_seconds = source, 0.0
+        thumb = self._thumb(source, "source", PermanentItemError)
         sent: list[dict[str, Any]] = []
-        passes = self.cfg.passes
-        for n, template in enumerate(passes, 1):
-            payload = pass_payload(template, current)
+        alike: list[float] = []
+        for n, use in enumerate(self.passes, 1):
+            payload = pass_payload(use.payload, current, use.endpoint)
+            path = EXTRAS if use.endpoint == "extras" else IMG2IMG
             answer = self.server.post(
-                IMG2IMG, payload, priority=self.priority, expect=1, init_image=current
-            )
+                path, payload, priority=self.priority, expect=1, init_image=current,
+                check=work.check,
+            )  # fmt: skip
             server_seconds += answer.seconds
-            # An intermediate image is only checked for a PNG header and an end (the next
-            # pass's server decodes it anyway); the last one is verified in full below.
-            problem = (
-                png_problem(answer.images[0]) if n == len(passes) else png_shape(answer.images[0])
-            )
-            if problem:
-                raise TransientError(f"pass {n} answer: {problem}")
-            current = answer.images[0]
+            self._check_answer(n, use, payload, answer)
+            after = self._thumb(answer.images[0], f"pass {n} answer", TransientError)
+            if thumb is not None and after is not None:
+                alike.append(self._resembles(n, use, thumb, after))
+            current, thumb = answer.images[0], after
             sent.append(payload)
             work.check()
         size = self.cfg.expect_size
@@ -88,6 +112,8 @@ class UpscaleStage(StageBase):
             "source": str(item.source.relative_to(self.ctx.layout.root)),
             "source_sha256": sha256(source),
             "passes": sent,
+            "endpoints": [u.endpoint for u in self.passes],
+            "resemblance": alike,
             "server_url": self.server.url,
             "server_kind": info.kind if info else None,
             "host": self.ctx.host,
@@ -102,3 +128,38 @@ class UpscaleStage(StageBase):
             output=str(output.relative_to(self.ctx.layout.root)),
             server_seconds=round(server_seconds, 3),
         )
+
+    def _check_answer(self, n: int, use: Use, payload: dict[str, Any], answer: Answer) -> None:
+        """An intermediate image gets only a cheap header-and-end check (the next pass's
+        server decodes it anyway; the last is verified in full); A1111's `info` must show
+        the checkpoint and ControlNet asked for."""
+        image = answer.images[0]
+        problem = png_problem(image) if n == len(self.passes) else png_shape(image)
+        if problem:
+            raise TransientError(f"pass {n} answer: {problem}")
+        kind = self.server.info.kind if self.server.info else None
+        if kind == "a1111" and use.endpoint == "img2img":
+            ran = a1111_info_problem(payload, answer.info)
+            ran = ran or a1111_maps_problem(payload, answer.extra_images)
+            if ran:
+                raise PermanentItemError(f"pass {n} ({use.where}): {ran}")
+
+    def _thumb(self, image: bytes, what: str, error: type[Exception]) -> Thumb | None:
+        if self.cfg.min_resemblance <= 0:
+            return None
+        try:
+            return thumbnail(image)
+        except ValueError as exc:
+            raise error(f"{what}: {exc}") from exc
+
+    def _resembles(self, n: int, use: Use, before: Thumb, after: Thumb) -> float:
+        score = similarity(before, after)
+        if score < self.cfg.min_resemblance:
+            raise PermanentItemError(
+                f"pass {n} ({use.where}) destroyed the picture: its answer resembles its input "
+                f"{score:.2f}, below upscale.min_resemblance {self.cfg.min_resemblance:g}; check "
+                "that pass: on AUTOMATIC1111 img2img at denoising_strength 0 starts from noise "
+                '(use endpoint = "extras"), a high strength redraws the picture, and Draw Things '
+                "given no usable init image works on the app's canvas"
+            )
+        return round(score, 3)

@@ -1,0 +1,188 @@
+"""The loopback servers are no kinder than the real ones: each fact the daemon relies on,
+as the servers' source states it (docs/servers.md), checked over HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from emif_daemon.resemblance import similarity, thumbnail
+from tests import sdapi_server
+from tests.conftest import serving
+
+TXT = "/sdapi/v1/txt2img"
+IMG = "/sdapi/v1/img2img"
+
+
+@pytest.fixture(scope="module")
+def dt() -> Iterator[sdapi_server.SdapiHTTPServer]:
+    with serving("drawthings") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def a1() -> Iterator[sdapi_server.SdapiHTTPServer]:
+    with serving("a1111") as server:
+        yield server
+
+
+def post(server: sdapi_server.SdapiHTTPServer, path: str, body: Any) -> requests.Response:
+    return requests.post(server.url + path, json=body, timeout=20)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def test_draw_things_routes_and_answers(dt: sdapi_server.SdapiHTTPServer) -> None:
+    settings = requests.get(dt.url + "/", timeout=5).json()
+    assert len(settings) == 83  # every parameter, under its primary key, the app's value
+    assert requests.get(dt.url + "/sdapi/v1/options", timeout=5).json() == settings
+    missing = requests.get(dt.url + "/sdapi/v1/sd-models", timeout=5)
+    assert (missing.status_code, missing.content) == (404, b"")
+    ok = post(dt, TXT, {"prompt": "p", "width": 128, "height": 128})
+    assert ok.headers["Keep-Alive"] == "timeout=5, max=5"
+    assert b"\\/" in ok.content or b"/" not in ok.content  # Swift escapes every slash
+    assert list(ok.json()) == ["images"]  # no info, no seed
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"cfg_scale": 5, "guidance_scale": 5}, "More than one key for guidance specified"),
+        ({"steps": 0}, "Value for steps must be between 1 and 150, inclusive (was 0)"),
+        ({"sampler": "Euler"}, 'Invalid value for sampler (options: ["DPM++ 2M Karras"'),
+        ({"sampler_name": "DPM++ 2M"}, "Invalid value for sampler_name (options:"),
+        ({"hires_fix": 1}, "typeMismatch(Swift.Bool"),
+        ({"steps": 7.5}, "dataCorrupted("),
+        ({"seed_mode": None}, "valueNotFound(Swift.String"),
+        ({"expand_prompt_to_json": False}, "More than one key for expand_prompt_to_json"),
+        ({"foo": 1, "steps": 500}, "Value for steps"),  # a range error before unknown keys
+        ({"foo": 1, "override_settings": {}}, 'Unrecognized keys: ["foo", "override_settings"]'),
+        ({"init_images": ["aGk="]}, "Data in init_images did not represent a valid image"),
+        ({"upscaler": "4x UltraSharp"}, "Missing file: 4x UltraSharp (in CLI"),
+        ({"loras": [{"file": "a.ckpt"}]}, 'keyNotFound(CodingKeys(stringValue: "weight"'),
+        ({"controls": [{"file": "c.ckpt", "weight": 1}]}, "keyNotFound("),
+        ({"model": "SDXL Base (v2)"}, 'Unrecognized model name "SDXL Base (v2)"'),
+        ({"prompt": None}, "Missing prompt"),
+        ({"restore_faces": "yes"}, "typeMismatch(Swift.Bool"),
+    ],
+)
+def test_draw_things_refuses_with_its_own_text(
+    dt: sdapi_server.SdapiHTTPServer, body: dict[str, Any], detail: str
+) -> None:
+    answer = post(dt, TXT, {"prompt": "p", **body})
+    assert answer.status_code == 422
+    doc = answer.json()
+    assert doc["detail"].startswith(detail), doc["detail"]
+    assert {k: v for k, v in doc.items() if k != "detail"} == {
+        "error": "HTTPException", "body": "", "errors": ""
+    }  # fmt: skip
+
+
+def test_draw_things_init_image_rules(dt: sdapi_server.SdapiHTTPServer) -> None:
+    image = dt.state.pictures.render("seed:1", 256, 192)
+    wrong = post(dt, IMG, {"prompt": "p", "init_images": [b64(image)], "width": 256, "height": 256})
+    assert wrong.json()["detail"] == "init_images height doesn't match 192 from the parameter 256"
+    prefixed = post(
+        dt, IMG, {"prompt": "p", "init_images": ["data:image/png;base64," + b64(image)]}
+    )
+    assert prefixed.json()["detail"].startswith("dataCorrupted(")
+    on_txt = post(dt, TXT, {"prompt": "p", "init_images": []})
+    assert on_txt.json()["detail"] == "init_images is not supported for text-to-image"
+    canvas = post(dt, IMG, {"prompt": "p", "init_images": [], "width": 256, "height": 192})
+    assert canvas.status_code == 200
+    assert "app's canvas" in dt.state.generations()[-1].dropped[0]
+
+
+def test_draw_things_silent_drops_are_recorded(dt: sdapi_server.SdapiHTTPServer) -> None:
+    union = {"file": "controlnet_xinsir_union_promax_sdxl_1.0_f16.ckpt", "weight": 0.5,
+             "guidanceStart": 0.0, "guidanceEnd": 1.0, "noPrompt": False,
+             "globalAveragePooling": False, "downSamplingRate": 1.0,
+             "controlImportance": "balanced", "inputOverride": "", "targetBlocks": []}  # fmt: skip
+    image = dt.state.pictures.render("seed:2", 256, 256)
+    body = {"prompt": "p", "init_images": [b64(image)], "width": 256, "height": 256,
+            "strength": 0.3, "refiner_model": "sd_xl_refiner_1.0_q6p_q8p.ckpt", "controls": [union],
+            "steps": None}  # fmt: skip
+    dt.state.app.remove("sd_xl_refiner_1.0_q6p_q8p.ckpt")
+    assert post(dt, IMG, body).status_code == 200
+    rec = dt.state.generations()[-1]
+    assert rec.applied["refiner_model"] is None
+    assert rec.applied["controls"] == []
+    assert any("refiner_model" in d for d in rec.dropped)
+    assert any("union ControlNet" in d for d in rec.dropped)
+    assert "steps" in rec.app_values  # null on an int keeps the app's value
+    tile = {**body, "refiner_model": None, "controls": [{**union, "inputOverride": "tile"}]}
+    post(dt, IMG, tile)
+    assert dt.state.generations()[-1].applied["controls"] == [union["file"]]
+    post(dt, TXT, {"prompt": "p", "width": 128, "height": 128, "controls": [tile["controls"][0]]})
+    assert dt.state.generations()[-1].applied["controls"] == []  # no input image on txt2img
+
+
+def test_draw_things_sizes_and_strength(dt: sdapi_server.SdapiHTTPServer) -> None:
+    body = {"prompt": "p", "width": 200, "height": 200, "strength": 0.3, "hires_fix": True,
+            "hires_fix_width": 256, "hires_fix_height": 256,
+            "upscaler": "4x_ultrasharp_f16.ckpt"}  # fmt: skip
+    image = base64.b64decode(post(dt, TXT, body).json()["images"][0])
+    assert sdapi_server.png_dims(image) == (768, 768)  # floored to 192, then ×4, txt2img too
+    rec = dt.state.generations()[-1]
+    assert (rec.applied["strength"], rec.applied["hires_fix"]) == (1.0, False)
+    source = dt.state.pictures.render("seed:3", 256, 256)
+    up = {"prompt": "", "init_images": [b64(source)], "width": 256, "height": 256,
+          "strength": 0.0, "upscaler": "4x_ultrasharp_f16.ckpt", "upscaler_scale": 2}  # fmt: skip
+    answer = base64.b64decode(post(dt, IMG, up).json()["images"][0])
+    assert sdapi_server.png_dims(answer) == (512, 512)
+    assert similarity(thumbnail(source), thumbnail(answer)) > 0.95
+
+
+def test_a1111_answers_and_silent_fallbacks(a1: sdapi_server.SdapiHTTPServer) -> None:
+    body = {"prompt": "p", "width": 512, "height": 512, "enable_hr": True, "hr_scale": 2,
+            "foo": "ignored", "model": "sd_xl_base_1.0_f16.ckpt", "sampler_name": "Nope",
+            "override_settings": {"sd_model_checkpoint": "juggernautXL_v9.safetensors"},
+            }  # fmt: skip
+    answer = post(a1, TXT, body).json()
+    assert set(answer) == {"images", "parameters", "info"}
+    info = json.loads(answer["info"])
+    assert (info["width"], info["height"]) == (1024, 1024)
+    assert info["sd_model_name"] == "sd_xl_base_1.0"  # the override was not an exact alias
+    assert info["sampler_name"] == "DPM++ 2M"  # the first sampler
+    dropped = a1.state.generations()[-1].dropped
+    assert any("sd_model_checkpoint" in d for d in dropped)
+    bad = post(a1, TXT, {"hr_upscaler": "4x UltraSharp", "enable_hr": True})
+    assert (bad.status_code, bad.json()) == (500, {
+        "error": "Exception", "detail": "", "body": "",
+        "errors": "could not find upscaler named 4x UltraSharp"})  # fmt: skip
+    assert post(a1, IMG, {"prompt": "p"}).json()["detail"] == "Init image not found"
+    assert post(a1, TXT, {"script_name": "ultimate sd upscale"}).status_code == 422
+    assert post(a1, TXT, {"steps": "x"}).json()["detail"][0]["loc"] == ["body", "steps"]
+
+
+def test_a1111_img2img_at_strength_zero_is_not_a_no_op(a1: sdapi_server.SdapiHTTPServer) -> None:
+    source = a1.state.pictures.render("seed:4", 256, 256)
+    base = {"init_images": [b64(source)], "width": 256, "height": 256}
+    for strength, steps, alike in ((0.0, 1, False), (0.0, 30, True), (0.3, 30, True)):
+        out = post(a1, IMG, {**base, "denoising_strength": strength, "steps": steps}).json()
+        image = base64.b64decode(out["images"][0])
+        assert (similarity(thumbnail(source), thumbnail(image)) > 0.9) is alike, (strength, steps)
+
+
+def test_a1111_lists_and_auth(a1: sdapi_server.SdapiHTTPServer) -> None:
+    for path in ("sd-models", "upscalers", "samplers", "schedulers", "scripts", "options"):
+        assert requests.get(f"{a1.url}/sdapi/v1/{path}", timeout=5).status_code == 200
+    models = requests.get(a1.url + "/controlnet/model_list", timeout=5).json()["model_list"]
+    assert "ttplanetSDXLControlnet_v20Fp16 [c8f29e1e]" in models
+    a1.state.a1111.auth = ("u", "p")
+    try:
+        refused = requests.get(a1.url + "/sdapi/v1/options", timeout=5)
+        assert (refused.status_code, refused.json()) == (
+            401,
+            {"detail": "Incorrect username or password"},
+        )
+        assert requests.get(a1.url + "/sdapi/v1/options", auth=("u", "p"), timeout=5).ok
+    finally:
+        a1.state.a1111.auth = None
