@@ -25,6 +25,8 @@ from common import CACHE, REPO, machine
 sys.path.insert(0, str(REPO))
 import contextlib
 
+from emif_daemon.layout import Layout
+from emif_daemon.rootmark import init_root
 from tests.sdapi_server import make_png
 
 NATIONS, CATEGORIES = 50, ("family", "working")
@@ -75,6 +77,7 @@ def main() -> int:
     root = build_tree(args.images)
     made = time.monotonic() - made
     reset_state(root)
+    init_root(Layout(root), "bench")
     cfg = root.parent / f"scale-{args.images}.toml"
     cfg.write_text(
         f'[paths]\nroot = "{root}"\n[server]\nurl = "http://127.0.0.1:9"\n'

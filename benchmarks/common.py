@@ -21,6 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "benchmarks" / ".cache"
 sys.path.insert(0, str(REPO))
 
+from emif_daemon.layout import Layout  # noqa: E402
+from emif_daemon.rootmark import init_root  # noqa: E402
 from tests import sdapi_server  # noqa: E402
 
 PASSES = [
@@ -30,14 +32,17 @@ PASSES = [
 
 
 def photo_png(size: int) -> bytes:
-    """A PNG that compresses like a photograph (smooth shapes plus fine grain), cached."""
-    path = CACHE / f"photo_{size}.png"
+    """A PNG that compresses like a photograph (smooth shapes plus fine grain), cached.
+
+    The same picture at every size, so an upscale pass's answer resembles its input, as the
+    daemon checks a real one does."""
+    path = CACHE / f"photo_v2_{size}.png"
     if path.exists():
         return path.read_bytes()
-    rng = np.random.default_rng(size)
-    low = Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    shapes = np.random.default_rng(48).integers(0, 255, (48, 48, 3), dtype=np.uint8)
+    low = Image.fromarray(shapes)
     base = np.asarray(low.resize((size, size), Image.Resampling.BICUBIC), dtype=np.int16)
-    grain = rng.integers(-6, 7, (size, size, 3), dtype=np.int16)
+    grain = np.random.default_rng(size).integers(-6, 7, (size, size, 3), dtype=np.int16)
     img = Image.fromarray(np.clip(base + grain, 0, 255).astype(np.uint8))
     buf = io.BytesIO()
     img.save(buf, format="PNG")
@@ -53,9 +58,10 @@ def start_server(latency: float) -> sdapi_server.SdapiHTTPServer:
 
 
 def fresh_root(name: str) -> Path:
+    """An empty root, set up as `emif init` does."""
     root = CACHE / "runs" / name
     shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
+    init_root(Layout(root), "bench")
     return root
 
 
@@ -121,7 +127,7 @@ def run_way(way: str, images: int, service: float) -> dict[str, float]:
             cmd = [sys.executable, str(REPO / "benchmarks" / "baseline_scripts.py")]
             cmd += [server.url, str(root), str(images)]
         else:
-            (root / "queue").mkdir()
+            (root / "queue").mkdir(exist_ok=True)
             (root / "queue" / "bench.json").write_text(json.dumps(prompts_doc(images)))
             cfg = daemon_config(root, server.url)
             cmd = [sys.executable, "-m", "emif_daemon.cli", "run", "--once", "--config", str(cfg)]

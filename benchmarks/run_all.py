@@ -14,6 +14,7 @@ SCRIPTS = [
     "bench_big_file.py",
     "bench_soak.py",
     "bench_segment.py",
+    "bench_gallery.py",
 ]
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .clock import ServerClock
-from .files import fsync_dir, rename_noreplace
+from .files import durable_sync, fsync_dir, rename_noreplace
 from .identity import HostIdentity
 
 CLAIM_SUFFIX = ".claim"
@@ -43,11 +43,10 @@ class Claim:
     item: str
     path: Path
     token: str
-    fd: int
     started: float
     lost: bool = False
     abandoned: bool = False
-    closed: bool = False  # committed or released: its fd is closed and may be reused
+    closed: bool = False  # committed or released: nothing more is written to it
     published: bool = False  # its output went into place
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -127,17 +126,18 @@ class ClaimStore:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return None
-        claim = Claim(stage, item, path, secrets.token_hex(8), fd, self.wall())
+        claim = Claim(stage, item, path, secrets.token_hex(8), self.wall())
         try:
             os.write(fd, self._content(claim, ClaimState.WORKING))
-            os.fsync(fd)
+            durable_sync(fd)
         except BaseException:
             # A disk that filled up between create and write: leave no empty claim behind,
             # it would block the item until someone breaks it.
-            os.close(fd)
             with contextlib.suppress(OSError):
                 path.unlink()
             raise
+        finally:
+            os.close(fd)
         with self._mutex:
             self._held[path] = claim
         return claim
@@ -146,19 +146,40 @@ class ClaimStore:
         content = read_claim(claim.path)
         return content is not None and content.get("token") == claim.token
 
+    def _write_own(self, claim: Claim, data: bytes) -> bool:
+        """Replace the claim's content, through a descriptor opened for this write alone,
+        if the file at its path is still ours (our token); False if it is not.
+
+        Opened, written, synced and closed each time: Samba freezes the write time other
+        clients see while a handle stays open, so a held descriptor's heartbeats would not
+        move the mtime. The token is read through the same descriptor that then writes,
+        so a claim renamed away meanwhile is written, harmlessly, where it went.
+        """
+        try:
+            fd = os.open(claim.path, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            content = _parse_claim(os.pread(fd, 1 << 16, 0))
+            if content is None or content.get("token") != claim.token:
+                return False
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+            durable_sync(fd)
+            return True
+        finally:
+            os.close(fd)
+
     def heartbeat(self, claim: Claim) -> bool:
-        """Refresh the claim's mtime (server clock); False once the claim is lost."""
+        """Refresh the claim's mtime (server clock); False once the claim is lost.
+
+        An I/O error is raised, not taken for a loss: a share answers EIO now and then, and
+        the next heartbeat will most likely go through (the caller logs it).
+        """
         with claim.lock:
             if claim.closed or claim.lost or claim.abandoned:
                 return False
-            try:
-                data = self._content(claim, ClaimState.WORKING)
-                os.pwrite(claim.fd, data, 0)
-                os.fsync(claim.fd)
-            except OSError:
-                claim.lost = True
-                return False
-            if not self.owns(claim):
+            if not self._write_own(claim, self._content(claim, ClaimState.WORKING)):
                 claim.lost = True
             return not claim.lost
 
@@ -182,12 +203,9 @@ class ClaimStore:
                 claim.lost = True  # another owner's output is in place: ours is not shown
                 return False
             claim.published = True
-            still_ours = self.owns(claim)
             data = self._content(claim, ClaimState.DONE, finished=self.wall(), **record)
-            # Rewritten in place (truncate, write, fsync): never removed or replaced.
-            os.ftruncate(claim.fd, 0)
-            os.pwrite(claim.fd, data, 0)
-            os.fsync(claim.fd)
+            # Rewritten in place: never removed or replaced (docs/protocol.md#commit).
+            still_ours = self._write_own(claim, data)
             self._forget(claim)
             claim.lost = not still_ours
             return still_ours
@@ -204,10 +222,8 @@ class ClaimStore:
             self._forget(claim)
 
     def _forget(self, claim: Claim) -> None:
-        """Close the claim's fd (caller holds claim.lock); nothing may touch it after."""
+        """No longer ours to write (caller holds claim.lock)."""
         claim.closed = True
-        with contextlib.suppress(OSError):
-            os.close(claim.fd)
         with self._mutex:
             self._held.pop(claim.path, None)
 

@@ -5,23 +5,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-from . import __version__
-from .config import Config, load_config, resolve_config_path
+from . import __version__, cli_batches
+from .cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from .cli_common import config_of as _config
+from .config import load_config, resolve_config_path
 from .errors import ConfigError
 from .layout import STAGES, Layout
-
-EXIT_OK = 0
-EXIT_FAILED = 1  # some items failed, a file is invalid
-EXIT_USAGE = 2  # bad config or arguments, or not possible on this system
-
-
-def _config(args: argparse.Namespace) -> Config:
-    path = resolve_config_path(getattr(args, "config", None))
-    return load_config(path)
 
 
 def _stage_list(text: str | None) -> list[str] | None:
@@ -36,18 +31,23 @@ def _stage_list(text: str | None) -> list[str] | None:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .daemon import host_id, run_daemon  # noqa: PLC0415
-    from .logs import configure_logging  # noqa: PLC0415
+    from .daemon import NO_STAGES_HINT, await_root, enabled_stages, host_id, run_daemon  # noqa: PLC0415
+    from .logs import configure_logging, get_logger  # noqa: PLC0415
 
     cfg = _config(args)
     stages = _stage_list(args.stages)
     host = host_id(cfg)
     layout = Layout(cfg.paths.root)
-    if not layout.root.parent.is_dir():
-        raise ConfigError(
-            [f"paths.root: the folder above {layout.root} does not exist; is the share mounted?"],
-            str(cfg.source),
-        )
+    bars = sys.stderr.isatty() and not args.no_progress
+    if not enabled_stages(cfg, stages):
+        configure_logging(host=host, level=cfg.logging.level, file=None)
+        get_logger().error("no_stages", hint=NO_STAGES_HINT)
+        return EXIT_USAGE
+    # Never build a tree where the share should be: wait for its marker (logging to the
+    # terminal or launchd's log meanwhile), then log to the root as well.
+    configure_logging(host=host, level=cfg.logging.level, file=None, bars=bars)
+    if not await_root(layout, interval_s=cfg.watch.rescan_interval_s, once=args.once):
+        return EXIT_USAGE if args.once else EXIT_OK
     try:
         layout.ensure()
     except OSError as exc:
@@ -62,7 +62,6 @@ def cmd_run(args: argparse.Namespace) -> int:
         log_file = (Path(str(cfg.source)).parent / cfg.logging.file).resolve()
     else:
         log_file = layout.logs / f"{host}.jsonl"
-    bars = sys.stderr.isatty() and not args.no_progress
     configure_logging(host=host, level=cfg.logging.level, file=log_file, bars=bars)
     if args.paused:
         from .control import pause  # noqa: PLC0415
@@ -75,11 +74,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    import os  # noqa: PLC0415
+def cmd_init(args: argparse.Namespace) -> int:
+    from .daemon import host_id  # noqa: PLC0415
+    from .rootmark import init_root  # noqa: PLC0415
 
+    cfg = _config(args)
+    layout = Layout(Path(args.root).expanduser().resolve() if args.root else cfg.paths.root)
+    try:
+        marker, created = init_root(layout, host_id(cfg))
+    except OSError as exc:
+        print(f"emif init: cannot set up {layout.root}: {exc.strerror}", file=sys.stderr)
+        return EXIT_FAILED
+    if created:
+        print(f"initialised {layout.root} (root id {marker.root_id}); every Mac's paths.root "
+              "must be this folder on the share")  # fmt: skip
+    else:
+        print(f"{layout.root} is a root already (id {marker.root_id}, made "
+              f"{marker.created} by {marker.created_by}); nothing changed")  # fmt: skip
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
     from .clock import ServerClock  # noqa: PLC0415
-    from .status import collect, render_table  # noqa: PLC0415
+    from .status import collect  # noqa: PLC0415
+    from .status_text import render_table  # noqa: PLC0415
 
     cfg = _config(args)
     layout = Layout(cfg.paths.root)
@@ -90,7 +108,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = clock.now_or_local()
     with contextlib.suppress(OSError):
         clock.close()
-    status = collect(layout, server_now=now, lease_s=cfg.coordination.lease_s)
+    disabled = {
+        stage: f"{stage}.enabled = false in {cfg.source}"
+        for stage in STAGES
+        if not getattr(cfg, stage).enabled
+    }
+    status = collect(layout, server_now=now, lease_s=cfg.coordination.lease_s, disabled=disabled)
     print(json.dumps(status, indent=2) if args.json else render_table(status))
     return EXIT_OK
 
@@ -98,6 +121,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_retry(args: argparse.Namespace) -> int:
     from .control import retry_failed  # noqa: PLC0415
 
+    if args.file:
+        return cli_batches.retry_file(args)
     cfg = _config(args)
     counts = retry_failed(Layout(cfg.paths.root), args.stage)
     for stage, n in counts.items():
@@ -115,13 +140,40 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
         return EXIT_FAILED
     parsed = parse(data)
-    for problem in parsed.problems:
+    problems = list(parsed.problems)
+    if not problems:
+        problems = _payload_problems(args, parsed.jobs)
+    for problem in problems:
         print(f"{path}: {problem}")
-    if parsed.problems:
+    if problems:
         return EXIT_FAILED
     count = sum(j.count for j in parsed.jobs)
     print(f"{path}: valid, {len(parsed.jobs)} job(s), {count} item(s)")
     return EXIT_OK
+
+
+def _payload_problems(args: argparse.Namespace, jobs: list[Any]) -> list[str]:
+    """Each job's payload overrides against the keys and ranges of the server dialect of
+    the config's recipe (no config file: not checked)."""
+    from .dialects import jobs_problems  # noqa: PLC0415
+
+    config = resolve_config_path(getattr(args, "config", None))
+    if not config.exists() and not getattr(args, "config", None):
+        return []
+    return jobs_problems(load_config(config).generate.payload, jobs)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from .daemon import enabled_stages, host_id  # noqa: PLC0415
+    from .logs import configure_logging  # noqa: PLC0415
+    from .preflight import check_config  # noqa: PLC0415
+
+    cfg = _config(args)
+    configure_logging(host=host_id(cfg), level="critical")  # only the lines printed
+    lines, ok = check_config(cfg, enabled_stages(cfg, _stage_list(args.stages)))
+    for line in lines:
+        print(line)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def cmd_enqueue(args: argparse.Namespace) -> int:
@@ -168,15 +220,29 @@ def cmd_launchd(args: argparse.Namespace) -> int:
     from . import launchd  # noqa: PLC0415
 
     cfg = _config(args)
-    if args.action == "print":
-        print(launchd.render(config=Path(str(cfg.source)), root=cfg.paths.root), end="")
-        return EXIT_OK
     home = Path.home()
+    text = launchd.render(config=Path(str(cfg.source)), root=cfg.paths.root, home=home)
+    local = {"the config file": Path(str(cfg.source)), "emif": Path(launchd.emif_executable())}
+    if cfg.segment.enabled:
+        local["the segment checkpoint"] = cfg.segment.checkpoint
+    problems = launchd.network_volume_problems(local, cfg.paths.root)
+    for problem in problems:
+        print(f"emif launchd: {problem}", file=sys.stderr)
+    if args.action == "print":
+        print(text, end="")
+        return EXIT_OK
     try:
         if args.action == "install":
-            text = launchd.render(config=Path(str(cfg.source)), root=cfg.paths.root)
+            if problems:
+                return EXIT_FAILED
             path = launchd.install(text, home=home)
             print(f"installed and loaded {path}")
+            print(
+                "under launchd, macOS asks no one before refusing the share: grant "
+                f"{launchd.interpreter()} access in System Settings → Privacy & Security → "
+                "Files and Folders → Network Volumes (or Full Disk Access); granting Terminal "
+                f"does not cover it. launchd's own output: {launchd.log_dir(home)}"
+            )
         else:
             removed = launchd.uninstall(home=home)
             print(f"unloaded and removed {removed}" if removed else "was not installed")
@@ -237,6 +303,18 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_gallery(args: argparse.Namespace) -> int:
+    from .dataset_commands import gallery_command  # noqa: PLC0415
+
+    return gallery_command(_config(args), wait_s=args.wait, force=args.force)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .dataset_commands import export_command  # noqa: PLC0415
+
+    return export_command(_config(args))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="emif", description="Unattended txt2img → upscale → Segment Anything pipeline."
@@ -250,6 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
         return p
 
+    p = command(
+        "init",
+        cmd_init,
+        "set up a new shared root (folders and marker) once; check the share is mounted",
+    )
+    p.add_argument("root", nargs="?", help="the root folder (default: paths.root)")
     p = command("run", cmd_run, "run the daemon in the foreground")
     p.add_argument("--once", action="store_true", help="do all work discoverable now, then exit")
     p.add_argument("--stages", help="comma-separated subset of generate,upscale,segment")
@@ -259,11 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command("validate", cmd_validate, "check a prompts file; exit 1 if it has problems")
     p.add_argument("file")
+    p = command("check", cmd_check, "can the servers do what the recipes say? exit 1 if not")
+    p.add_argument("--stages", help="comma-separated subset of generate,upscale")
     p = command("enqueue", cmd_enqueue, "copy a prompts file into queue/ safely")
     p.add_argument("file")
     p.add_argument("--force", action="store_true", help="enqueue even if invalid")
     p = command("retry", cmd_retry, "make failed items pending again")
     p.add_argument("--stage", choices=STAGES)
+    p.add_argument("--file", help="a corrected prompts file: replaces the plan of its batch")
+    cli_batches.add_commands(command)
     p = command("report", cmd_report, "totals from the metrics files")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = command("launchd", cmd_launchd, "install, uninstall or print the LaunchAgent")
@@ -278,6 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("pause", cmd_pause, "every host finishes its item in hand, then claims nothing")
     p.add_argument("--reason", help="shown by emif status")
     command("resume", cmd_resume, "undo emif pause")
+    p = command("gallery", cmd_gallery, "write the static gallery under <root>/gallery/")
+    p.add_argument("--force", action="store_true", help="render every page again")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for another host")
+    command("export", cmd_export, "metadata.jsonl/.csv and a data-set card for the images")
     return parser
 
 
@@ -293,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return EXIT_FAILED
+    except BrokenPipeError:
+        # `emif status | head`: the reader left; say nothing more (and nothing at exit).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
 
 
 if __name__ == "__main__":

@@ -42,7 +42,8 @@ class ServerClock:
                 elapsed = self._monotonic() - self._probed_at
                 if elapsed < PROBE_REUSE_S:
                     return self._probed + elapsed
-            self.probe.parent.mkdir(parents=True, exist_ok=True)
+            # The folder only, never its parents: no tree where a share should be mounted.
+            self.probe.parent.mkdir(exist_ok=True)
             fd = os.open(self.probe, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
             try:
                 os.write(fd, b"x")

@@ -11,42 +11,24 @@ reported together so a user fixes the file in one go.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
+import re
 import tomllib
-import types
-import typing
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, TypeGuard, TypeVar
+from typing import Any, Literal
 
+from .config_fields import PAYLOAD, bounded, build, choices_of, resolve_include
 from .errors import ConfigError
+from .zoo import DRAW_THINGS_MODELS
 
-if TYPE_CHECKING:
-    from _typeshed import DataclassInstance
+__all__ = ["PAYLOAD", "Config", "bounded", "choices_of", "load_config", "parse_config",
+           "resolve_config_path", "resolve_include"]  # fmt: skip
 
 DEFAULT_PROMPT_TEMPLATE = (
     "{prompt}, (35mm lens photography), extremely detailed, 4k, shot on dslr, "
     "photorealistic, photographic, sharp"
 )
-
-
-N = TypeVar("N", int, float)
-D = TypeVar("D", bound="DataclassInstance")
-
-
-def bounded(default: N, low: float | None, high: float | None) -> N:
-    """A number field with its allowed range; None = unbounded on that side.
-
-    The bounds are printed as written in error messages, so keep 1 (not 1.0) where a message
-    should say "between 1 and 100".
-    """
-    return field(default=default, metadata={"range": (low, high)})
-
-
-# A table (or list of tables) sent to the server as is, once its `include` is resolved.
-PAYLOAD: Mapping[str, bool] = types.MappingProxyType({"payload": True})
 
 
 @dataclass(frozen=True)
@@ -62,6 +44,12 @@ class ServerConfig:
     max_attempts: int = bounded(3, 1, 100)
     max_concurrent: int = bounded(1, 1, 64)
     backoff_s: float = bounded(2.0, 0.01, 600)
+    # `emif run --once` gives up on a server that does not answer this long (exit 3)
+    once_wait_s: float = bounded(300.0, 0, 86_400)
+    api_user: str = ""  # HTTP basic auth, as A1111's --api-auth user:password; "": none
+    api_password: str = ""
+    # Draw Things' files, read when it runs here (docs/servers.md#files-on-draw-things)
+    models_folders: tuple[str, ...] = (DRAW_THINGS_MODELS,)
 
 
 @dataclass(frozen=True)
@@ -81,6 +69,7 @@ class UpscaleConfig:
     server_url: str = ""
     expect_size: tuple[int, ...] = (2048, 2048)
     passes: tuple[dict[str, Any], ...] = field(default=(), metadata=PAYLOAD)
+    min_resemblance: float = bounded(0.5, 0, 1)  # each pass's answer to its input; 0: off
 
 
 @dataclass(frozen=True)
@@ -105,6 +94,9 @@ class WatchConfig:
     mode: Literal["auto", "poll"] = "auto"
     rescan_interval_s: float = bounded(15.0, 0.05, None)
     settle_s: float = bounded(2.0, 0, None)
+    # A changed folder is listed again on every rescan this long: a Mac's SMB client
+    # serves listings from its cache for 30–60 s (docs/protocol.md#what-is-not-guaranteed).
+    listing_cache_s: float = bounded(60.0, 0, 3600)
 
 
 @dataclass(frozen=True)
@@ -112,6 +104,8 @@ class CoordinationConfig:
     host_id: str = ""
     heartbeat_s: float = bounded(15.0, 0.05, None)
     lease_s: float = bounded(120.0, 0.1, None)
+    # How late another Mac may see a claim's new mtime (its SMB client caches attributes).
+    attribute_cache_s: float = bounded(30.0, 0, 600)
 
 
 @dataclass(frozen=True)
@@ -188,164 +182,34 @@ def load_config(path: Path) -> Config:
 def parse_config(table: dict[str, Any], *, base_dir: Path, source: Path | None = None) -> Config:
     """Validate a parsed TOML table; pure apart from reading payload includes."""
     problems: list[str] = []
-    sections = _build(Config, table, "", base_dir, problems)
+    sections = build(Config, table, "", base_dir, problems)
+    if not problems:
+        problems += _across_keys(sections)
     if problems:
         raise ConfigError(problems, str(source or ""))
     return dataclasses.replace(sections, source=source)
 
 
-# What a field's declaration says about its key, read generically from the dataclasses:
-#   a dataclass type           a section, [name]
-#   Literal["a", "b"]          one of these choices
-#   metadata {"range": (l, h)} a number within [l, h] (see `bounded`)
-#   Path                       a path, relative to the config file's folder
-#   metadata PAYLOAD          a table (or list of tables) for the server
-
-
-def _build(cls: type[D], table: dict[str, Any], prefix: str, base: Path, problems: list[str]) -> D:
-    hints = typing.get_type_hints(cls)
-    fields = [f for f in dataclasses.fields(cls) if f.name != "source"]
-    known = sorted(f.name for f in fields)
-    for key in table:
-        if key not in known:
-            problems.append(f"{prefix}{key}: unknown key (known: {', '.join(known)})")
-    values: dict[str, Any] = {}
-    for f in fields:
-        hint, key = hints[f.name], f"{prefix}{f.name}"
-        if f.name in table:
-            value = _convert(key, hint, f.metadata, table[f.name], base, problems)
-        elif _is_section(hint):  # a missing section still needs its path defaults resolved
-            value = _build(hint, {}, key + ".", base, problems)
-        elif hint is Path and isinstance(f.default, Path):  # defaults are relative to the file
-            value = (base / f.default).resolve()
-        else:
-            continue
-        if value is not _BAD:
-            values[f.name] = value
-    return cls(**values)
-
-
-_BAD = object()
-
-
-def _is_section(hint: object) -> TypeGuard[type[DataclassInstance]]:
-    return isinstance(hint, type) and dataclasses.is_dataclass(hint)
-
-
-def choices_of(hint: object) -> tuple[Any, ...]:
-    """The values a `Literal[...]` field allows; () for any other type."""
-    return typing.get_args(hint) if typing.get_origin(hint) is Literal else ()
-
-
-def _describe(value: Any) -> str:
-    try:
-        return json.dumps(value, ensure_ascii=False, default=str)
-    except (TypeError, ValueError):
-        return repr(value)
-
-
-def _convert(
-    key: str,
-    hint: object,
-    metadata: Mapping[str, Any],
-    value: Any,
-    base: Path,
-    problems: list[str],
-) -> Any:
-    if _is_section(hint):
-        if not isinstance(value, dict):
-            problems.append(f"{key}: expected a table [{key}], got {_describe(value)}")
-            return _BAD
-        return _build(hint, value, key + ".", base, problems)
-    if metadata.get("payload"):
-        return _convert_payloads(key, hint, value, base, problems)
-    checked = _check_scalar(key, hint, value)
-    if isinstance(checked, str):
-        problems.append(checked)
-        return _BAD
-    value = checked[0]
-    choices = choices_of(hint)
-    if choices and value not in choices:
-        problems.append(f"{key}: must be one of {', '.join(choices)}, got {_describe(value)}")
-        return _BAD
-    low, high = metadata.get("range", (None, None))
-    if (low is not None and value < low) or (high is not None and value > high):
-        problems.append(f"{key}: must be between {low} and {high}, got {value}")
-        return _BAD
-    if hint is Path:
-        return (base / Path(value).expanduser()).resolve()
-    return value
-
-
-def _check_scalar(key: str, hint: object, value: Any) -> tuple[Any] | str:
-    """Return (converted,) or an error message naming the key."""
-    choices = choices_of(hint)
-    if choices:  # checked as the choices' type first (all strings), then against the choices
-        hint = type(choices[0])
-    origin = typing.get_origin(hint)
-    if hint is bool:
-        ok, want = isinstance(value, bool), "true or false"
-    elif hint is int:
-        ok, want = isinstance(value, int) and not isinstance(value, bool), "an integer"
-    elif hint is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        want = "a number"
-        value = float(value) if ok else value
-    elif hint is str or hint is Path:
-        ok, want = isinstance(value, str), "a string"
-    elif origin is dict:
-        ok, want = isinstance(value, dict), "a table"
-    elif origin is tuple:
-        ok = isinstance(value, list) and all(
-            isinstance(v, int) and not isinstance(v, bool) for v in value
+def _across_keys(cfg: Config) -> list[str]:
+    """Rules that tie keys together, or read a value more closely than its type."""
+    problems = []
+    c = cfg.coordination
+    need = 2 * c.heartbeat_s + c.attribute_cache_s
+    if c.lease_s < need:
+        problems.append(
+            f"coordination.lease_s: {c.lease_s:g} s is too short: other Macs may see a live "
+            "claim's heartbeat up to heartbeat_s + attribute_cache_s late, and would break "
+            f"it; set it to at least 2 × heartbeat_s + attribute_cache_s = {need:g} s"
         )
-        want = "a list of integers"
-        value = tuple(value) if ok else value
-    elif origin in (types.UnionType, typing.Union):
-        ok, want = True, ""
-    else:  # pragma: no cover - a new field type without a check is a programming error
-        raise TypeError(f"no check for {key}: {hint}")
-    return (value,) if ok else f"{key}: expected {want}, got {_describe(value)}"
+    urls = {"server.url": cfg.server.url, "upscale.server_url": cfg.upscale.server_url,
+            "notify.webhook_url": cfg.notify.webhook_url}  # fmt: skip
+    for key, url in urls.items():
+        if url and not _URL.fullmatch(url):
+            problems.append(
+                f"{key}: {url!r} is not an http:// or https:// address; write it like "
+                "http://127.0.0.1:7860"
+            )
+    return problems
 
 
-def _convert_payloads(key: str, hint: object, value: Any, base: Path, problems: list[str]) -> Any:
-    if typing.get_origin(hint) is dict:  # one table, [key]
-        if not isinstance(value, dict):
-            problems.append(f"{key}: expected a table [{key}], got {_describe(value)}")
-            return _BAD
-        return resolve_include(key, value, base, problems)
-    # a tuple of tables, [[key]]
-    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
-        problems.append(f"{key}: expected [[{key}]] tables, got {_describe(value)}")
-        return _BAD
-    return tuple(resolve_include(f"{key}[{i}]", v, base, problems) for i, v in enumerate(value))
-
-
-def resolve_include(
-    key: str, table: dict[str, Any], base: Path, problems: list[str]
-) -> dict[str, Any]:
-    """`include = "recipes/x.json"`: the JSON object is the base, the table's keys override it.
-
-    TOML has no null, and Draw Things clears a setting only with JSON null, so recipes are
-    JSON in the server's own format (docs/servers.md#payloads).
-    """
-    table = dict(table)
-    include = table.pop("include", None)
-    if include is None:
-        return table
-    if not isinstance(include, str):
-        problems.append(f"{key}.include: expected a path string, got {_describe(include)}")
-        return table
-    path = (base / Path(include).expanduser()).resolve()
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8-sig"))
-    except OSError as exc:
-        problems.append(f"{key}.include: cannot read {path}: {exc.strerror}")
-        return table
-    except json.JSONDecodeError as exc:
-        problems.append(f"{key}.include: {path} is not valid JSON: {exc}")
-        return table
-    if not isinstance(loaded, dict):
-        problems.append(f"{key}.include: {path} must hold a JSON object")
-        return table
-    return {**loaded, **table}
+_URL = re.compile(r"https?://[^/\s:]+(:\d{1,5})?(/\S*)?")

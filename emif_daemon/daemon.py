@@ -16,36 +16,32 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import psutil
-
 from . import __version__
 from .claims import ClaimStore
 from .clock import ServerClock
 from .config import Config
-from .control import PauseGate
 from .engine import Engine, Timing
 from .errors import ServerUnavailable
-from .files import clean_orphans
-from .hooks import EngineHooks, HostState
-from .hosts import host_id_clash, write_host_report
+from .hooks import EngineHooks
+from .hosts import host_id_clash
 from .identity import HostIdentity, short_hostname
 from .layout import STAGE_FOLDERS, STAGES, Layout
 from .logs import get_logger
-from .metrics import MetricsWriter, ResourceSample
 from .notify import Notifier
-from .outcomes import ItemOutcome
-from .power import SleepGuard
+from .preflight import server_auth
 from .progress import TerminalProgress
 from .retry import RetryPolicy
+from .rootmark import root_problem
 from .sdapi import Server
-from .stage import EventSink, Stage, StageContext, StageResult
+from .sidejobs import DaemonHooks
+from .stage import EventSink, Stage, StageContext
+from .summaries import BatchSummaries
 from .watch import Hints, Settler
 
 if TYPE_CHECKING:
     from .gallery_refresh import GalleryRefresher
     from .stages.segment import SegmentStage
 
-ORPHAN_MAX_AGE_S = 6 * 3600
 EXIT_USAGE = 2
 NO_STAGES_HINT = (
     "every requested stage is disabled: set generate/upscale/segment.enabled in the "
@@ -75,7 +71,7 @@ class ServerPool:
                     connect_timeout=self._cfg.connect_timeout_s,
                     read_timeout=self._cfg.read_timeout_s,
                     slots=self._cfg.max_concurrent,
-                    auth=self._cfg.auth,
+                    auth=server_auth(self._cfg),
                 )
             return self._servers[url]
 
@@ -116,7 +112,8 @@ def make_context(cfg: Config, events: EventSink) -> StageContext:
     layout.ensure()
     identity = HostIdentity.current(cfg.coordination.host_id)
     clock = ServerClock(layout.clock, f"{identity.host}.{identity.machine}.{identity.pid}")
-    return StageContext(layout, identity, clock, Settler(cfg.watch.settle_s), events)
+    settler = Settler(cfg.watch.settle_s)
+    return StageContext(layout, identity, clock, settler, events, cfg.watch.listing_cache_s)
 
 
 def make_kit(cfg: Config, events: EventSink | None = None) -> StageKit:
@@ -166,71 +163,27 @@ def enabled_stages(cfg: Config, requested: list[str] | None) -> list[str]:
     return [s for s in STAGES if s in wanted and getattr(cfg, s).enabled]
 
 
-class DaemonHooks(EngineHooks):
-    """The daemon's side jobs, as the engine sees them."""
-
-    def __init__(self, cfg: Config, ctx: StageContext, events: EventSink) -> None:
-        self.ctx = ctx
-        self.events = events
-        self.gate = PauseGate(ctx.layout, ctx.host)
-        self.metrics = MetricsWriter(ctx.layout.metrics / ctx.host)
-        self.guard = SleepGuard(cfg.macos.prevent_sleep)
-        self.log = get_logger()
-        # A report younger than this is a live daemon's (it reports every heartbeat).
-        self.live_s = max(cfg.coordination.lease_s, 3 * cfg.coordination.heartbeat_s)
-        self.clash: str | None = None
-        self.on_clash: Callable[[], None] = lambda: None
-
-    def may_claim(self) -> bool:
-        return self.gate()
-
-    def on_event(self, event: str, data: Mapping[str, Any]) -> None:
-        self.events(event, data)
-
-    def item_finished(
-        self,
-        stage: str,
-        item: str,
-        outcome: ItemOutcome,
-        sample: ResourceSample,
-        result: StageResult | None,
-    ) -> None:
-        server_seconds = (result.server_seconds if result else None) or 0.0
-        self.metrics.write(stage, item, str(outcome), sample, {"server_seconds": server_seconds})
-
-    def busy(self, busy: bool) -> None:
-        self.guard.busy(busy)
-
-    def report(self, state: HostState) -> None:
-        """Our report, unless another machine's live daemon reports under our host id:
-        then say so and stop (`clash`), rather than mix two Macs' work under one name."""
-        if self.clash is not None:
-            return  # the report is the other machine's now; never overwrite it
-        if not state.stopped:
-            clash = host_id_clash(
-                self.ctx.layout, self.ctx.identity, self.ctx.clock.now(), self.live_s
-            )
-            if clash is not None:
-                if self.clash is None:
-                    self.clash = clash
-                    self.log.error("host_id_clash", reason=clash)
-                    self.on_clash()
-                return
-        write_host_report(self.ctx.layout, self.ctx.identity, state)
-
-    def sweep(self) -> None:
-        """Remove temp files of dead writers wherever the daemon writes, logging each."""
-        layout = self.ctx.layout
-        removed = clean_orphans(
-            [layout.root],
-            machine=self.ctx.identity.machine,
-            server_now=self.ctx.clock.now(),
-            max_age_s=ORPHAN_MAX_AGE_S,
-            alive=psutil.pid_exists,
-            descend=layout.may_hold_temp_files,
-        )
-        for path in removed:
-            self.log.info("orphan_removed", path=str(path))
+def await_root(layout: Layout, *, interval_s: float, once: bool) -> bool:
+    """Wait until `layout.root` is the initialised root (its marker is there); False if the
+    wait ended first (a signal, or `once`: nothing can be done now). Logs
+    `share_unavailable` once and `share_back` when it comes (docs/protocol.md#the-root)."""
+    problem = root_problem(layout)
+    if problem is None:
+        return True
+    log = get_logger()
+    log.error("share_unavailable", reason=problem)
+    if once:
+        return False
+    stop = threading.Event()
+    previous = _on_signals(lambda _signame: stop.set())
+    try:
+        while not stop.wait(min(interval_s, 5.0)):
+            if root_problem(layout) is None:
+                log.info("share_back", root=str(layout.root))
+                return True
+        return False
+    finally:
+        _restore_signals(previous)
 
 
 def make_engine(
@@ -250,10 +203,32 @@ def make_engine(
             settle_s=cfg.watch.settle_s,
             heartbeat_s=cfg.coordination.heartbeat_s,
             progress_s=cfg.logging.progress_s,
+            once_server_wait_s=cfg.server.once_wait_s,
         ),
         hooks=hooks,
         once=once,
     )
+
+
+def make_hooks(cfg: Config, kit: StageKit, events: EventSink) -> DaemonHooks | None:
+    """The daemon's side jobs, after the start-up checks; None if another machine's live
+    daemon uses our host id (said in the log)."""
+    hooks = DaemonHooks(cfg, kit.ctx, events)
+    hooks.summaries = BatchSummaries(
+        kit.ctx.layout,
+        tuple(enabled_stages(cfg, None)),
+        hooks.on_event,
+        every_s=cfg.watch.rescan_interval_s,
+    )
+    # A share that is full or away cannot tell us now; the keeper checks again each tick.
+    now = kit.ctx.clock.now_or_local()
+    clash = host_id_clash(kit.ctx.layout, kit.ctx.identity, now, hooks.live_s)
+    if clash is not None:
+        get_logger().error("host_id_clash", reason=clash)
+        return None
+    with contextlib.suppress(OSError):
+        hooks.sweep()
+    return hooks
 
 
 def run_daemon(
@@ -277,15 +252,9 @@ def run_daemon(
     if not stages:
         log.error("no_stages", hint=NO_STAGES_HINT)
         return EXIT_USAGE
-    hooks = DaemonHooks(cfg, kit.ctx, events)
-    # A share that is full or away cannot tell us now; the keeper checks again each tick.
-    now = kit.ctx.clock.now_or_local()
-    clash = host_id_clash(kit.ctx.layout, kit.ctx.identity, now, hooks.live_s)
-    if clash is not None:
-        log.error("host_id_clash", reason=clash)
+    hooks = make_hooks(cfg, kit, events)
+    if hooks is None:
         return EXIT_USAGE
-    with contextlib.suppress(OSError):
-        hooks.sweep()
     engine = make_engine(cfg, kit, stages, hooks, once=once)
     hooks.on_clash = engine.request_stop
     hints = _hints(cfg, kit.ctx, engine)
@@ -295,6 +264,7 @@ def run_daemon(
         version=__version__,
         config=config_path,
         root=str(kit.ctx.layout.root),
+        queue=str(kit.ctx.layout.queue),
         stages=[s.name for s in stages],
         once=once,
         pid=os.getpid(),
@@ -309,6 +279,9 @@ def run_daemon(
         gallery.start()
     try:
         code = engine.run()
+        if once and hooks.summaries is not None:  # this run may have completed a batch
+            with contextlib.suppress(OSError):
+                hooks.summaries.check(now=True)
     finally:
         # After the engine: bars drawn last, the gallery's last build (it needs the clock),
         # queued notifications flushed, watchers stopped, our clock probe removed, the
@@ -380,13 +353,21 @@ def _hints(cfg: Config, ctx: StageContext, engine: Engine) -> Hints:
 
 
 def _install_signals(engine: Engine) -> dict[int, Any]:
+    def stop(signame: str) -> None:
+        # Only set flags here; the engine's run loop does the shutdown steps.
+        engine.stop_reason = signame
+        engine.request_stop()
+
+    return _on_signals(stop)
+
+
+def _on_signals(action: Callable[[str], None]) -> dict[int, Any]:
+    """SIGTERM and SIGINT call `action` with the signal's name."""
     if threading.current_thread() is not threading.main_thread():
         return {}
 
     def handler(signum: int, _frame: FrameType | None) -> None:
-        # Only set flags here; the engine's run loop does the shutdown steps.
-        engine.stop_reason = signal.Signals(signum).name
-        engine.request_stop()
+        action(signal.Signals(signum).name)
 
     return {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
 

@@ -1,9 +1,9 @@
 """`--once`: deciding that everything discoverable now is done.
 
-The invariant: the run is drained when no item is in hand and every stage has either
-retired (it is unavailable) or finished an idle round that began after the last finished
-item — whose output may be another stage's input, so an idle round that began before it
-proves nothing.
+The invariant: the run is drained when no item is in hand, no round is under way (a
+round's intake may be accepting a prompts file), and every stage has either retired (it is
+unavailable) or finished an idle round that began after the last finished item — whose
+output may be another stage's input, so an idle round that began before it proves nothing.
 """
 
 from __future__ import annotations
@@ -22,13 +22,20 @@ class DrainDetector:
         self._lock = threading.Lock()
         self._finished = 0  # items finished so far: the "activity" rounds are measured by
         self._in_hand = 0
+        self._rounds = 0  # rounds under way, all workers together
         self._idle_since: dict[str, int] = {}
         self.drained = threading.Event()
 
     def round_started(self) -> int:
-        """A token for the round about to begin: how many items had finished by then."""
+        """A round begins; its token is how many items had finished by then. Every round
+        started must be ended with `round_ended`."""
         with self._lock:
+            self._rounds += 1
             return self._finished
+
+    def round_ended(self) -> None:
+        with self._lock:
+            self._rounds -= 1
 
     def item_started(self, stage: str) -> None:
         """`stage` took an item: its earlier idle round no longer speaks for it (the item
@@ -62,7 +69,7 @@ class DrainDetector:
             self._check()
 
     def _check(self) -> None:
-        if self._in_hand or len(self._idle_since) < len(self._stages):
+        if self._in_hand or self._rounds or len(self._idle_since) < len(self._stages):
             return
         if all(v in (_RETIRED, self._finished) for v in self._idle_since.values()):
             self.drained.set()

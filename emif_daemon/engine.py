@@ -21,7 +21,7 @@ from .errors import ClaimLost, Shutdown, TransientError
 from .failures import FailureLog, FailureRecord
 from .hooks import EngineHooks, GuardedHooks, HostState
 from .keeper import Keeper, Timing
-from .logs import get_logger
+from .logs import Repeats, get_logger
 from .metrics import ResourceSample
 from .outcomes import (
     ItemOutcome,
@@ -33,6 +33,7 @@ from .outcomes import (
     share_full,
     verdict_for,
 )
+from .patience import EXIT_SERVER_DOWN, Patience
 from .retry import RetryPolicy
 from .stage import Discovery, Item, Stage, Work
 from .watch import ShareUnavailable
@@ -40,7 +41,7 @@ from .watch import ShareUnavailable
 EXIT_OK = 0
 EXIT_FAILED = 1
 
-__all__ = ["EXIT_FAILED", "EXIT_OK", "Engine", "Timing"]
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_SERVER_DOWN", "Engine", "Timing"]
 
 
 class Engine:
@@ -70,11 +71,12 @@ class Engine:
         self.stop_reason = ""
         self.log = get_logger()
         self._drain = DrainDetector(s.name for s in stages)
+        self._patience = Patience(self.stop, timing.once_server_wait_s if once else None)
         self._keeper = Keeper(store, self.hooks, timing, self.stats, self.state)
         self._count_lock = threading.Lock()
         self._share_down = False
         self._scanned: set[str] = set()
-        self._said: dict[str, object] = {}
+        self._say_once = Repeats(self.log).error
 
     # -- the whole run ----------------------------------------------------------------
     def run(self) -> int:
@@ -93,11 +95,21 @@ class Engine:
                     break
         finally:
             self._shutdown(workers)
+        if self._patience.gave_up.is_set():
+            return EXIT_SERVER_DOWN
         if not self.once:
             return EXIT_OK  # stopped on request: a clean exit (launchd must not restart it)
         # Failed items stay failed until `emif retry`, so earlier runs' failures count too.
-        failed = any(log.keys() for log in self.failures.values())
-        return EXIT_FAILED if failed or self.unavailable else EXIT_OK
+        failed = {name: len(log.keys()) for name, log in self.failures.items() if log.keys()}
+        if not (failed or self.unavailable):
+            return EXIT_OK
+        self.log.error(
+            "exit_with_problems",
+            failed=failed,
+            unavailable=self.unavailable,
+            hint="`emif failures` lists failed items with their reasons, `emif retry` retries",
+        )
+        return EXIT_FAILED
 
     def request_stop(self) -> None:
         """Called from a signal handler: only sets flags."""
@@ -154,6 +166,8 @@ class Engine:
                 except Exception as exc:
                     self.log.error("stage_error", error=repr(exc), traceback=traceback.format_exc())
                     outcome = RoundOutcome.BLOCKED
+                finally:
+                    self._drain.round_ended()
                 if outcome is RoundOutcome.WORKED:
                     continue
                 idle = outcome is RoundOutcome.IDLE
@@ -245,16 +259,6 @@ class Engine:
             return RoundOutcome.SETTLING
         return RoundOutcome.BLOCKED if blocked else RoundOutcome.IDLE
 
-    def _say_once(self, event: str, **fields: object) -> None:
-        """An error line for a condition that repeats every round: logged when it starts or
-        changes, not each time."""
-        key = (event, tuple(sorted(fields.items())))
-        with self._count_lock:
-            if self._said.get(event) == key:
-                return
-            self._said[event] = key
-        self.log.error(event, **fields)
-
     def _claim(self, stage: Stage, item: Item) -> Claim | None:
         if item.done():
             return None
@@ -270,7 +274,8 @@ class Engine:
             owner_host=broken.get("host"),
             owner_pid=broken.get("pid"),
         )
-        self.hooks.sweep()  # the dead owner may have left half-written temp files
+        # The dead owner may have left half-written temp files beside the outputs.
+        self.hooks.sweep(sorted({path.parent for path in item.outputs}))
         return self.store.try_claim(stage.name, item.key)
 
     # -- one item ---------------------------------------------------------------------------
@@ -353,7 +358,10 @@ class Engine:
         if verdict is Verdict.WAIT_FOR_SERVER:
             self.log.info("item_deferred", reason=str(exc))
             self.store.release(claim)
-            stage.wait_available(self.stop)
+            if not self._patience.wait(stage):
+                self.log.error("server_wait_gave_up", waited_s=self.timing.once_server_wait_s,
+                               reason=str(exc), exit_code=EXIT_SERVER_DOWN)  # fmt: skip
+                self.request_stop()
             return ItemResult(ItemOutcome.RELEASED)
         if verdict is Verdict.STAGE_DOWN:
             # The stage as a whole cannot work (its model failed to load): give the item

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import fcntl
 import json
 import os
 import secrets
@@ -49,6 +50,20 @@ def parse_temp_name(name: str) -> tuple[str, int] | None:
     return parts[1], int(parts[2])
 
 
+def durable_sync(fd: int) -> None:
+    """Flush a file to stable storage. On macOS `fsync` only reaches the drive's cache;
+    F_FULLFSYNC flushes that too (and SMB passes it on to the server), where the volume
+    supports it (docs/protocol.md#durability)."""
+    full = getattr(fcntl, "F_FULLFSYNC", None)
+    if full is not None:
+        try:
+            fcntl.fcntl(fd, full)
+            return
+        except OSError:
+            pass  # not supported by this volume: the plain fsync below
+    os.fsync(fd)
+
+
 def fsync_dir(path: Path) -> None:
     """Make a rename durable; not every platform or share allows opening a folder."""
     with contextlib.suppress(OSError):
@@ -65,7 +80,7 @@ def write_temp(final: Path, data: bytes) -> Path:
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
-        os.fsync(fh.fileno())
+        durable_sync(fh.fileno())
     return tmp
 
 
@@ -109,7 +124,7 @@ def building_dir(final: Path) -> Iterator[Path]:
 def publish_dir(tmp: Path, final: Path) -> None:
     for child in tmp.iterdir():
         with open(child, "rb") as fh:
-            os.fsync(fh.fileno())
+            durable_sync(fh.fileno())
     rename_noreplace(tmp, final)
     fsync_dir(final.parent)
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .logs import get_logger
@@ -66,8 +67,12 @@ class EngineHooks:
     def report(self, state: HostState) -> None:
         """Publish this host's state for `emif status`."""
 
-    def sweep(self) -> None:
-        """Remove temp files of dead writers."""
+    def sweep(self, folders: Sequence[Path] | None = None) -> None:
+        """Remove temp files of dead writers: in `folders` (where a dead owner was
+        writing), or wherever they can be."""
+
+    def chore(self) -> None:
+        """Anything the daemon does now and then (the keeper calls it each tick)."""
 
 
 class GuardedHooks(EngineHooks):
@@ -126,5 +131,8 @@ class GuardedHooks(EngineHooks):
     def report(self, state: HostState) -> None:
         self._call("report", None, lambda: self.inner.report(state))
 
-    def sweep(self) -> None:
-        self._call("sweep", None, self.inner.sweep)
+    def sweep(self, folders: Sequence[Path] | None = None) -> None:
+        self._call("sweep", None, lambda: self.inner.sweep(folders))
+
+    def chore(self) -> None:
+        self._call("chore", None, self.inner.chore)

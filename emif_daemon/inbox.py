@@ -1,8 +1,9 @@
 """The queue folder: accept, reject and finish prompts files (docs/architecture.md#the-data-path).
 
 A file is accepted by renaming it from ``queue/`` into ``queue/accepted/``: one host wins.
-The plan (its expanded items) is a pure function of the accepted bytes, so every host
-computes the same one; it is also written to ``.emif/jobs/`` for ``emif retry`` and status.
+Its plan is then made under the share's intake lock, its indices continuing after every
+index planned or present for each nation/category (allocation.py), and published in
+``.emif/jobs/``: from then on the names are fixed, and every host reads the same plan.
 """
 
 from __future__ import annotations
@@ -11,11 +12,20 @@ import contextlib
 import hashlib
 import json
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .files import NotARegularFile, atomic_write_json, read_regular, rename_noreplace
+from .allocation import index_use, overlap_problems
+from .files import (
+    NotARegularFile,
+    atomic_write_json,
+    publish_new,
+    read_regular,
+    rename_noreplace,
+)
 from .layout import Layout, is_ignored
 from .logs import get_logger
 from .names import name_key, safe_name
@@ -63,6 +73,19 @@ def is_prompts_name(name: str) -> bool:
     return lower.endswith(".json") and not lower.endswith(".error.json") and not is_ignored(name)
 
 
+def stray_files(layout: Layout) -> list[str]:
+    """Files in queue/ that are not prompts files and not temporary: `prompts.txt`."""
+    try:
+        entries = list(os.scandir(layout.queue))
+    except FileNotFoundError:
+        return []
+    return sorted(
+        e.name
+        for e in entries
+        if not is_ignored(e.name) and not is_prompts_name(e.name) and not e.is_dir()
+    )
+
+
 def queued_files(layout: Layout) -> list[Path]:
     try:
         entries = list(os.scandir(layout.queue))
@@ -71,28 +94,34 @@ def queued_files(layout: Layout) -> list[Path]:
     return sorted(Path(e.path) for e in entries if e.is_file() and is_prompts_name(e.name))
 
 
-def read_plans(layout: Layout) -> list[Plan]:
-    """Every plan ever accepted on this root (for status)."""
+def read_plans(layout: Layout, *, cancelled: bool = True) -> list[Plan]:
+    """Every plan ever accepted on this root; without those of cancelled batches if
+    `cancelled` is False (what is still to be made)."""
     plans = []
     for path in sorted(layout.jobs.glob("*.plan.json")):
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            plans.append(Plan.from_json(json.loads(path.read_bytes())))
+            plan = Plan.from_json(json.loads(path.read_bytes()))
+            if cancelled or not (layout.cancelled / plan.source).exists():
+                plans.append(plan)
     return plans
 
 
-def plan_for(data: bytes, name: str, exp: Expansion) -> tuple[Plan | None, list[str]]:
-    parsed = parse(data, exp.limits)
-    if parsed.problems:
-        return None, parsed.problems
-    plan = expand(
-        parsed,
-        file_sha=hashlib.sha256(data).hexdigest(),
-        template=exp.template,
-        negative_default=exp.negative_default,
-        base_payload=exp.base_payload,
-        source=name,
-    )
-    return plan, []
+def _plan_bytes(plan: Plan) -> bytes:
+    return (json.dumps(plan.to_json(), indent=2, ensure_ascii=False) + "\n").encode()
+
+
+RECENT_WRITE_S = 30.0
+
+
+def unique_name(folder: Path, name: str) -> str:
+    """`name`, or `<stem>-<n><suffix>` with the first n not taken in `folder` (for records
+    kept beside each other, where a race costs nothing)."""
+    stem, suffix = Path(name).stem, Path(name).suffix
+    for n in range(1, 10_000):
+        candidate = name if n == 1 else f"{stem}-{n}{suffix}"
+        if not (folder / candidate).exists():
+            return candidate
+    raise OSError(f"no free name for {name} in {folder}")
 
 
 def _move_unique(src: Path, folder: Path, avoid: tuple[Path, ...] = ()) -> Path | None:
@@ -149,13 +178,37 @@ def existing_spelling_problems(plan: Plan, generations: Path) -> list[str]:
     return problems
 
 
+def _unlocked() -> contextlib.AbstractContextManager[bool]:
+    return contextlib.nullcontext(True)
+
+
 class Inbox:
-    def __init__(self, layout: Layout, exp: Expansion, on_event: EventSink) -> None:
+    """queue/ → accepted/ (or rejected/) → done/, with each accepted file's plan.
+
+    `lock` serialises planning across hosts (allocation.intake_lock): indices are chosen
+    against every plan and image there is, and two files must not choose at once. `now`
+    is the file server's clock: an accepted file left without a plan for `stale_s` was
+    accepted by a host that died, and any host plans it.
+    """
+
+    def __init__(
+        self,
+        layout: Layout,
+        exp: Expansion,
+        on_event: EventSink,
+        lock: Callable[[], contextlib.AbstractContextManager[bool]] = _unlocked,
+        now: Callable[[], float] = time.time,
+        stale_s: float = 60.0,
+    ) -> None:
         self.layout = layout
         self.exp = exp
         self.on_event = on_event
+        self.lock = lock
+        self.now = now
+        self.stale_s = stale_s
         self.log = get_logger()
         self._plans: dict[str, tuple[tuple[int, int], Plan]] = {}
+        self._accepting: dict[str, str] = {}  # accepted by us, not planned yet → queue name
 
     def take(self, path: Path) -> None:
         """Accept or reject one settled queue file; losing the race to another host is fine.
@@ -167,18 +220,47 @@ class Inbox:
         target = _move_unique(path, self.layout.accepted, avoid=(self.layout.done,))
         if target is None:
             return
-        plan, problems = self._plan_of(target)
-        if plan is None:
-            self._reject(target, path.name, problems)
+        self._accepting[target.name] = path.name
+        self._settle(target)
+
+    def plan_waiting(self) -> None:
+        """Plan the accepted files still without one: ours that waited for the lock, and
+        those of an acceptor that died before planning."""
+        try:
+            entries = list(os.scandir(self.layout.accepted))
+        except FileNotFoundError:
             return
-        atomic_write_json(self.plan_path(target.name), plan.to_json())
+        for entry in entries:
+            if not is_prompts_name(entry.name) or self.plan_path(entry.name).exists():
+                continue
+            mine = entry.name in self._accepting
+            with contextlib.suppress(FileNotFoundError):
+                if mine or self.now() - entry.stat().st_mtime > self.stale_s:
+                    self._settle(Path(entry.path))
+
+    def _settle(self, accepted: Path) -> None:
+        """Plan (or reject) an accepted file under the intake lock; if another host holds
+        the lock, the next round tries again."""
+        shown = self._accepting.get(accepted.name, accepted.name)
+        with self.lock() as held:
+            if not held:
+                return
+            self._accepting.pop(accepted.name, None)
+            if self.plan_path(accepted.name).exists():
+                return  # another host planned it meanwhile
+            plan, problems = self._plan_of(accepted)
+            if plan is None:
+                self.reject(accepted, shown, problems)
+                return
+            with contextlib.suppress(FileExistsError):  # two hosts planned alike: one wins
+                publish_new(self.plan_path(accepted.name), _plan_bytes(plan))
         self.log.info(
             "prompts_accepted",
-            file=path.name,
-            accepted_as=target.name,
+            file=shown,
+            accepted_as=accepted.name,
             items=len(plan),
             images=sum(j.count * j.images for j in plan.jobs),
-            skipped_existing=self._existing(plan),
+            first_index={f"{j.nation}/{j.category}": j.first for j in plan.jobs},
         )
 
     def _plan_of(self, accepted: Path) -> tuple[Plan | None, list[str]]:
@@ -186,12 +268,46 @@ class Inbox:
             data = read_regular(accepted, self.exp.limits.max_bytes)
         except NotARegularFile as exc:
             return None, [f"$: {exc.strerror}"]
-        plan, problems = plan_for(data, accepted.name, self.exp)
-        if plan is not None:
-            problems = existing_spelling_problems(plan, self.layout.generations)
+        parsed = parse(data, self.exp.limits)
+        if parsed.problems:
+            return None, self._maybe_unfinished(accepted, parsed.problems)
+        sha = hashlib.sha256(data).hexdigest()
+        plans = read_plans(self.layout)
+        same = next((p for p in plans if p.sha256 == sha), None)
+        if same is not None:
+            return None, [
+                f"$: the very same file was accepted before as {same.source}: its images are "
+                "planned or made already, so nothing new would be made; to make more images "
+                "of these prompts, add jobs or raise their counts in a new file"
+            ]
+        use = index_use(self.layout, {(j.nation, j.category) for j in parsed.jobs}, plans)
+        plan = expand(
+            parsed,
+            file_sha=sha,
+            template=self.exp.template,
+            negative_default=self.exp.negative_default,
+            base_payload=self.exp.base_payload,
+            source=accepted.name,
+            taken={folder: u.highest for folder, u in use.items()},
+        )
+        problems = existing_spelling_problems(plan, self.layout.generations)
+        problems += overlap_problems(plan, use)
         return (plan if not problems else None), problems
 
-    def _reject(self, accepted: Path, name: str, problems: list[str]) -> None:
+    def _maybe_unfinished(self, accepted: Path, problems: list[str]) -> list[str]:
+        """A file cut short and changed moments ago was most likely still being written
+        (copied over a slow share): say so."""
+        cut = any(p.startswith(("$: not valid JSON", "$: the file is empty")) for p in problems)
+        try:
+            recent = self.now() - accepted.stat().st_mtime < RECENT_WRITE_S
+        except OSError:
+            recent = False
+        if cut and recent:
+            return [*problems, "$: still being written when it was read? drop it again"]
+        return problems
+
+    def reject(self, accepted: Path, name: str, problems: list[str]) -> None:
+        """Move a prompts file to rejected/ beside `<stem>.error.json` with the problems."""
         target = _move_unique(accepted, self.layout.rejected)
         if target is None:
             return  # another host rejected it first
@@ -200,18 +316,6 @@ class Inbox:
         )
         self.log.error("prompts_rejected", file=name, moved_to=str(target), errors=problems)
         self.on_event("prompts_rejected", {"file": name, "problems": problems})
-
-    def _existing(self, plan: Plan) -> int:
-        """Items whose images are all there already: one listing per folder, not a stat
-        per image."""
-        present: set[str] = set()
-        for nation, category in {(j.nation, j.category) for j in plan.jobs}:
-            with contextlib.suppress(OSError):
-                folder = self.layout.generations / nation / category
-                present.update(f"{nation}/{category}/{e.name}" for e in os.scandir(folder))
-        if not present:
-            return 0
-        return sum(1 for i in plan.items() if all(n in present for n in i.output_names()))
 
     def plan_path(self, name: str) -> Path:
         return self.layout.jobs / (Path(name).stem + ".plan.json")
@@ -241,19 +345,10 @@ class Inbox:
         return out
 
     def _load_plan(self, accepted: Path) -> Plan | None:
-        path = self.plan_path(accepted.name)
+        """The plan written at acceptance, or None while there is none (plan_waiting)."""
         with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            return Plan.from_json(json.loads(path.read_bytes()))
-        # The host that accepted it died before writing the plan: derive it again.
-        try:
-            plan, problems = self._plan_of(accepted)
-        except FileNotFoundError:
-            return None
-        if plan is None:
-            self._reject(accepted, accepted.name, problems)
-            return None
-        atomic_write_json(path, plan.to_json())
-        return plan
+            return Plan.from_json(json.loads(self.plan_path(accepted.name).read_bytes()))
+        return None
 
     def finish(self, batch: Batch, summary: BatchSummary) -> None:
         """Every item exists or failed: move the file to queue/done (one host wins)."""

@@ -29,6 +29,7 @@ class Timing:
     progress_s: float = 60.0
     sweep_s: float = 3600.0
     grace_s: float = 5.0  # at shutdown, how long workers get to finish the step in hand
+    once_server_wait_s: float = 300.0  # --once gives up on a server down this long
 
 
 class Keeper:
@@ -69,6 +70,7 @@ class Keeper:
                 self._guarded("sweep", self.hooks.sweep)
             self._guarded("report", lambda: self.hooks.report(self.state()))
             self._guarded("busy", lambda: self.hooks.busy(self.busy()))
+            self._guarded("chore", self.hooks.chore)
             if now - last_progress >= self.timing.progress_s:
                 last_progress = now
                 self._guarded("progress", self.progress)
@@ -82,9 +84,18 @@ class Keeper:
             )
 
     def heartbeat(self) -> None:
-        """Refresh every claim in hand; a claim that is no longer ours is logged."""
+        """Refresh every claim in hand; a claim that is no longer ours is logged. An I/O
+        error (a share answers EIO now and then) is logged and tried again next tick: the
+        lease leaves room for a few missed beats, never taken for a lost claim."""
         for claim in self.store.held():
-            if not self.store.heartbeat(claim) and not (claim.abandoned or claim.closed):
+            try:
+                ours = self.store.heartbeat(claim)
+            except OSError as exc:
+                self.log.warning(
+                    "heartbeat_failed", stage=claim.stage, item=claim.item, error=str(exc)
+                )
+                continue
+            if not ours and not (claim.abandoned or claim.closed):
                 self.log.warning("claim_lost", stage=claim.stage, item=claim.item)
 
     def busy(self) -> bool:

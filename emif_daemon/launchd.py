@@ -1,6 +1,9 @@
 """The per-user LaunchAgent: render the template, install and uninstall it.
 
-(README.md#running-unattended-on-a-mac)
+launchd opens the agent's log files and working folder before the program starts, at
+login, possibly before the share is mounted: they are on the local disk (logs under
+~/Library/Logs/emif-daemon/), and the daemon itself waits for the share. (README.md
+#running-unattended-on-a-mac; docs/protocol.md#the-root)
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import plistlib
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from string import Template
@@ -20,6 +24,8 @@ from .files import atomic_write
 LABEL = "com.emif.daemon"
 TEMPLATE = Path(__file__).resolve().parent.parent / "launchd" / f"{LABEL}.plist"
 DEFAULT_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+UNLOAD_WAIT_S = 25.0  # ExitTimeOut + 5 s
+BOOTSTRAP_TRIES = 3
 
 
 class NotMacOS(Exception):
@@ -45,7 +51,39 @@ def template_text() -> str:
         ) from exc
 
 
-def render(*, config: Path, root: Path, emif: str | None = None, label: str = LABEL) -> str:
+def log_dir(home: Path) -> Path:
+    """launchd's own stdout/stderr of the agent: local, so it can always open them."""
+    return home / "Library" / "Logs" / "emif-daemon"
+
+
+def interpreter() -> str:
+    """The binary macOS's privacy controls (TCC) hold responsible for the agent's file
+    access: the real interpreter behind the venv's `python` symlink."""
+    return os.path.realpath(sys.executable)
+
+
+def network_volume_problems(paths: dict[str, Path], root: Path) -> list[str]:
+    """What launchd would have to reach on a share at login, before it is mounted."""
+    problems = []
+    shared = os.path.realpath(root)
+    for what, path in paths.items():
+        real = os.path.realpath(path)
+        if real.startswith(("/Volumes/", shared + os.sep)) or real == shared:
+            problems.append(
+                f"{what} {path} is on a network volume; launchd needs it at login, before the "
+                "share is mounted: keep it on this Mac's disk"
+            )
+    return problems
+
+
+def render(
+    *,
+    config: Path,
+    root: Path,
+    emif: str | None = None,
+    label: str = LABEL,
+    home: Path | None = None,
+) -> str:
     """The plist for this machine; every path absolute. Validated by parsing it back."""
     config = config.resolve()
     values = {
@@ -53,7 +91,7 @@ def render(*, config: Path, root: Path, emif: str | None = None, label: str = LA
         "emif": emif or emif_executable(),
         "config": str(config),
         "workdir": str(config.parent),
-        "logdir": str((root / "logs").resolve()),
+        "logdir": str(log_dir(home or Path.home())),
         "path": os.pathsep.join(
             dict.fromkeys([str(Path(sys.executable).parent), *DEFAULT_PATH.split(":")])
         ),
@@ -81,18 +119,35 @@ def install(
     label: str = LABEL,
     platform: str = sys.platform,
     run: Runner = _run,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> Path:
     """Write ~/Library/LaunchAgents/<label>.plist and load it into the GUI session."""
     if platform != "darwin":
         raise NotMacOS
     path = agent_path(home, label)
     domain = f"gui/{os.getuid()}"
-    run(["launchctl", "bootout", f"{domain}/{label}"])  # not loaded yet is fine
+    service = f"{domain}/{label}"
+    log_dir(home).mkdir(parents=True, exist_ok=True)
+    # A label once disabled stays disabled until enabled; bootout is asynchronous, and a
+    # bootstrap right after it fails with 5 or 37 (docs/macos.md#running-under-launchd).
+    run(["launchctl", "enable", service])
+    run(["launchctl", "bootout", service])  # not loaded yet is fine
+    deadline = time.monotonic() + UNLOAD_WAIT_S
+    while run(["launchctl", "print", service]).returncode == 0:
+        if time.monotonic() > deadline:
+            raise OSError(f"launchctl bootout {service}: still loaded after {UNLOAD_WAIT_S:g} s")
+        sleep(0.5)
     atomic_write(path, text.encode())
-    result = run(["launchctl", "bootstrap", domain, str(path)])
-    if result.returncode != 0:
-        raise OSError(f"launchctl bootstrap {domain} {path} failed: {result.stderr.strip()}")
-    return path
+    for attempt in range(1, BOOTSTRAP_TRIES + 1):
+        result = run(["launchctl", "bootstrap", domain, str(path)])
+        if result.returncode == 0:
+            return path
+        if attempt < BOOTSTRAP_TRIES:
+            sleep(2.0)
+    raise OSError(
+        f"launchctl bootstrap {domain} {path} failed {BOOTSTRAP_TRIES} times "
+        f"(exit {result.returncode}): {result.stderr.strip()}"
+    )
 
 
 def uninstall(

@@ -48,6 +48,10 @@ class Layout:
         return self.queue / "rejected"
 
     @property
+    def cancelled(self) -> Path:
+        return self.queue / "cancelled"
+
+    @property
     def generations(self) -> Path:
         return self.root / "GENERATIONS"
 
@@ -66,6 +70,11 @@ class Layout:
     @property
     def claims(self) -> Path:
         return self.state / "claims"
+
+    @property
+    def marker(self) -> Path:
+        """Written once by `emif init`: this folder is the shared root (rootmark.py)."""
+        return self.state / "root.json"
 
     @property
     def broken(self) -> Path:
@@ -117,7 +126,8 @@ class Layout:
     def ensure(self) -> None:
         """Create every folder (idempotent, safe while other hosts do the same)."""
         for path in (
-            self.accepted, self.done, self.rejected, self.generations, self.upscaled,
+            self.accepted, self.done, self.rejected, self.cancelled, self.generations,
+            self.upscaled,
             self.segments, self.jobs, self.control, self.clock, self.logs, self.metrics,
             self.hosts,
         ):  # fmt: skip

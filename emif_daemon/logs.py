@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -72,15 +73,15 @@ def configure_logging(
 
             console = TqdmHandler(sys.stderr)
         if sys.stderr.isatty():
+            from .terminal import QuietFilter, render  # noqa: PLC0415
+
             console.setFormatter(
                 structlog.stdlib.ProcessorFormatter(
-                    processors=[
-                        structlog.stdlib.ProcessorFormatter.remove_processors_meta,
-                        structlog.dev.ConsoleRenderer(),
-                    ],
+                    processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, render],
                     foreign_pre_chain=shared,
                 )
             )
+            console.addFilter(QuietFilter(debug=level.lower() == "debug"))
         else:
             console.setFormatter(json_formatter)
         root.addHandler(console)
@@ -88,3 +89,21 @@ def configure_logging(
 
 def get_logger(**bound: Any) -> structlog.stdlib.BoundLogger:
     return structlog.stdlib.get_logger(LOGGER_NAME, **bound)
+
+
+class Repeats:
+    """Lines for conditions that hold round after round (a full share, a failing chore):
+    each is logged when it starts or changes, not every time."""
+
+    def __init__(self, log: structlog.stdlib.BoundLogger) -> None:
+        self.log = log
+        self._said: dict[str, object] = {}
+        self._lock = threading.Lock()
+
+    def error(self, event: str, **fields: object) -> None:
+        key = tuple(sorted(fields.items()))
+        with self._lock:
+            if self._said.get(event) == key:
+                return
+            self._said[event] = key
+        self.log.error(event, **fields)

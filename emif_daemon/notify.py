@@ -21,7 +21,7 @@ import requests
 from .logs import get_logger
 from .retry import compute_backoff
 
-EVENTS = ("batch_done", "item_failed", "stage_unavailable")
+EVENTS = ("batch_done", "batch_complete", "item_failed", "stage_unavailable")
 
 
 def banner_text(event: str, data: Mapping[str, Any]) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -145,8 +145,10 @@ def expand(
     negative_default: str,
     base_payload: dict[str, Any],
     source: str = "",
+    taken: Mapping[tuple[str, str], int] | None = None,
 ) -> Plan:
-    """The deterministic plan of a valid file, in file order."""
+    """The plan of a valid file, in file order; its indices start after those `taken`
+    (the highest index per nation/category already planned or present)."""
     jobs = tuple(
         JobPlan(
             loc=job.loc,
@@ -162,6 +164,6 @@ def expand(
             payload=job.payload,
             images=images_per_answer({**base_payload, **job.payload}),
         )
-        for job, first, _last in index_ranges(parsed.jobs)
+        for job, first, _last in index_ranges(parsed.jobs, taken)
     )
     return Plan(source, file_sha, jobs)

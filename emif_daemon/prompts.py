@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -310,9 +311,12 @@ def _folder(value: object, loc: str, problems: list[str]) -> str | None:
     return safe_name(str(value))
 
 
-def index_ranges(jobs: list[Job]) -> list[tuple[Job, int, int]]:
-    """(job, first, last) index per job: indices continue across entries of one folder."""
-    next_index: dict[tuple[str, str], int] = {}
+def index_ranges(
+    jobs: list[Job], taken: Mapping[tuple[str, str], int] | None = None
+) -> list[tuple[Job, int, int]]:
+    """(job, first, last) index per job: indices continue across entries of one folder,
+    after the highest index `taken` already (by other files, or images on disk)."""
+    next_index = {folder: last + 1 for folder, last in (taken or {}).items()}
     out = []
     for job in jobs:
         folder = (job.nation, job.category)

@@ -38,6 +38,7 @@ class StageContext:
     clock: ServerClock
     settler: Settler
     events: EventSink = no_events
+    relist_s: float = 0.0  # watch.listing_cache_s: how long a changed folder is re-listed
 
     @property
     def host(self) -> str:

@@ -17,8 +17,9 @@ from typing import Any
 
 from .claims import CLAIM_SUFFIX, ClaimState, read_claim
 from .control import paused
+from .eta import eta_seconds, parse_utc, recent_rate
 from .failures import FailureLog
-from .inbox import read_plans
+from .inbox import is_prompts_name, read_plans
 from .layout import STAGES, Layout, is_ignored, is_input_png, segment_output, upscale_output
 from .metrics import read_rows
 from .watch import TreeScanner
@@ -82,7 +83,7 @@ def _stage_inputs(layout: Layout, stage: str) -> tuple[dict[str, str], set[str]]
     if stage == "generate":
         inputs: dict[str, str] = {}
         multi: dict[str, list[str]] = {}
-        for plan in read_plans(layout):
+        for plan in read_plans(layout, cancelled=False):
             for item in plan.items():
                 names = item.output_names()
                 inputs[item.key] = names[-1]
@@ -127,10 +128,7 @@ def queue_counts(layout: Layout) -> dict[str, int]:
             return sum(
                 1
                 for e in os.scandir(folder)
-                if e.is_file()
-                and e.name.endswith(".json")
-                and not e.name.endswith(".error.json")
-                and not is_ignored(e.name)
+                if e.is_file() and is_prompts_name(e.name) and ".cancelled." not in e.name
             )
         return 0
 
@@ -139,44 +137,86 @@ def queue_counts(layout: Layout) -> dict[str, int]:
         "accepted": count(layout.accepted),
         "done": count(layout.done),
         "rejected": count(layout.rejected),
+        "cancelled": count(layout.cancelled),
     }
 
 
-def host_reports(layout: Layout) -> dict[str, Any]:
-    """What each daemon last said of itself (`.emif/hosts/<host>.json`)."""
+def host_reports(layout: Layout, server_now: float, live_s: float) -> dict[str, Any]:
+    """What each daemon last said of itself (`.emif/hosts/<host>.json`), with `running`:
+    not stopped, and reported within `live_s` (it reports every heartbeat)."""
     out: dict[str, Any] = {}
     with contextlib.suppress(FileNotFoundError):
         for entry in os.scandir(layout.hosts):
             if entry.name.endswith(".json") and not is_ignored(entry.name):
                 with contextlib.suppress(OSError, ValueError):
-                    out[entry.name.removesuffix(".json")] = json.loads(
-                        Path(entry.path).read_bytes()
-                    )
+                    doc = json.loads(Path(entry.path).read_bytes())
+                    age = server_now - entry.stat().st_mtime
+                    doc["running"] = not doc.get("stopped") and age <= live_s
+                    doc["seen_s_ago"] = round(age)
+                    out[entry.name.removesuffix(".json")] = doc
     return out
 
 
-def throughput(rows: list[dict[str, str]], now: float, window_s: float = 3600) -> dict[str, int]:
-    """Items finished per stage within the last `window_s` (all hosts), from metrics rows."""
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - window_s))
-    counts: dict[str, int] = {}
+def finish_times(rows: list[dict[str, str]]) -> dict[str, list[float]]:
+    """When each stage's items were done (all hosts), from the metrics rows."""
+    out: dict[str, list[float]] = {}
     for row in rows:
-        if row.get("status") == "done" and row.get("finished_at", "") >= since:
-            counts[row["stage"]] = counts.get(row["stage"], 0) + 1
-    return counts
+        t = parse_utc(row.get("finished_at", ""))
+        if row.get("status") == "done" and t is not None:
+            out.setdefault(row["stage"], []).append(t)
+    return out
 
 
-def eta_seconds(remaining: int, per_hour: int) -> int | None:
-    if remaining == 0:
-        return 0
-    return round(remaining / per_hour * 3600) if per_hour else None
+def failures(layout: Layout) -> list[dict[str, Any]]:
+    """Every failed item with its reason, newest first."""
+    out = []
+    for stage in STAGES:
+        log = FailureLog(layout.failed, stage)
+        keys = log.keys()
+        for key in keys:
+            record = log.read(key)
+            if record is not None:
+                out.append(record.to_json())
+    return sorted(out, key=lambda r: str(r.get("failed_at", "")), reverse=True)
 
 
-def collect(layout: Layout, *, server_now: float, lease_s: float) -> dict[str, Any]:
+def batch_progress(layout: Layout, rate: float | None) -> list[dict[str, Any]]:
+    """Each accepted prompts file: its generate items done, failed, to do, and its ETA."""
+    made = TreeScanner(layout.generations, want=is_input_png).scan()
+    failed = FailureLog(layout.failed, "generate").keys()
+    out = []
+    for plan in read_plans(layout, cancelled=False):
+        if not (layout.accepted / plan.source).exists():
+            continue
+        done = bad = total = 0
+        for item in plan.items():
+            total += 1
+            if all(n in made for n in item.output_names()):
+                done += 1
+            elif item.key in failed:
+                bad += 1
+        left = total - done - bad
+        out.append({"file": plan.source, "items": total, "done": done, "failed": bad,
+                    "pending": left, "eta_s": eta_seconds(left, rate)})  # fmt: skip
+    return out
+
+
+def collect(
+    layout: Layout,
+    *,
+    server_now: float,
+    lease_s: float,
+    disabled: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Everything `emif status` shows. ETAs come from the rate of the last items, and only
+    while some daemon runs: with none running nothing will finish."""
+    hosts = host_reports(layout, server_now, max(lease_s, 60.0))
+    running = any(h["running"] for h in hosts.values())
+    times = finish_times(read_rows(layout.metrics))
     stages: dict[str, Any] = {}
-    rate = throughput(read_rows(layout.metrics), time.time())
     for stage in STAGES:
         c = stage_counts(layout, stage, server_now, lease_s)
-        per_hour = rate.get(stage, 0)
+        rate = recent_rate(times.get(stage, []), time.time()) if running else None
         stages[stage] = {
             "pending": c.pending,
             "working": c.working,
@@ -184,55 +224,20 @@ def collect(layout: Layout, *, server_now: float, lease_s: float) -> dict[str, A
             "failed": c.failed,
             "working_by_host": c.working_by_host,
             "claims": c.claims,
-            "done_last_hour": per_hour,
-            "eta_s": eta_seconds(c.pending + c.working, per_hour),
+            "per_hour": round(rate * 3600) if rate else 0,
+            "eta_s": eta_seconds(c.pending + c.working, rate),
+            "off": (disabled or {}).get(stage),
         }
+    generate_rate = recent_rate(times.get("generate", []), time.time()) if running else None
     return {
         "stages": stages,
+        "batches": batch_progress(layout, generate_rate),
+        "failures": failures(layout),
+        "running": running,
         "queue": queue_counts(layout),
-        "hosts": host_reports(layout),
+        "hosts": hosts,
         "paused": paused(layout),
         "paused_hosts": sorted(
             p.stem.removeprefix("pause-") for p in layout.control.glob("pause-*.json")
         ),
     }
-
-
-def _eta(seconds: int | None) -> str:
-    if seconds is None:
-        return "-"
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}h{rest // 60:02}m" if hours else f"{rest // 60}m{rest % 60:02}s"
-
-
-def render_table(status: dict[str, Any]) -> str:
-    head = (
-        f"{'stage':<10}{'pending':>9}{'working':>9}{'done':>9}{'failed':>9}{'/hour':>8}{'ETA':>9}"
-    )
-    lines = [head + "  working by host"]
-    for name, s in status["stages"].items():
-        hosts = ", ".join(f"{h}: {n}" for h, n in sorted(s["working_by_host"].items())) or "-"
-        lines.append(
-            f"{name:<10}{s['pending']:>9}{s['working']:>9}{s['done']:>9}{s['failed']:>9}"
-            f"{s['done_last_hour']:>8}{_eta(s['eta_s']):>9}  {hosts}"
-        )
-        for claim in s["claims"][:10]:
-            flag = "  STALE" if claim["stale"] else ""
-            lines.append(f"    {claim['item']} on {claim['host']}, {claim['age_s']:.0f} s{flag}")
-    q = status["queue"]
-    lines.append(
-        f"queue: {q['waiting']} waiting, {q['accepted']} accepted, {q['done']} done, "
-        f"{q['rejected']} rejected"
-    )
-    for host, report in sorted(status.get("hosts", {}).items()):
-        when = " (in its last run)" if report.get("stopped") else ""
-        for stage, why in (report.get("unavailable") or {}).items():
-            lines.append(f"{stage} unavailable on {host}{when}: {why}")
-    marker = status.get("paused")
-    if marker:
-        lines.append(
-            f"PAUSED by {marker.get('host')} at {marker.get('at')}: {marker.get('reason') or '-'}"
-        )
-    for host in status.get("paused_hosts", []):
-        lines.append(f"{host} is paused on its own (started with --paused); `emif resume`")
-    return "\n".join(lines)

@@ -2,8 +2,12 @@
 
 Kernel file events do not carry other machines' writes on network volumes, and watchdog's
 PollingObserver stops for good at its first OSError, so our own scanner does the rescans.
-It re-lists only folders whose mtime changed (twice after each change, in case a file
-arrived within the same mtime tick), which keeps a 100 000-image tree cheap to rescan.
+It re-lists only folders whose mtime changed, and keeps re-listing a changed folder for a
+while (`relist_s`: a Mac's SMB client serves listings from a cache for 30–60 s, and a file
+can land in the same mtime tick as the last listing), plus a full re-list now and then;
+a 100 000-image tree at rest costs one stat per folder. Names are reported in NFC, the one
+form planned names use: the Mac's SMB client lists decomposed names
+(docs/protocol.md#names).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import os
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,10 +38,19 @@ def _everywhere(_rel: str) -> bool:
     return True
 
 
+FULL_RELIST_S = 600.0  # every folder is listed again this often, changed or not
+
+
+def nfc(name: str) -> str:
+    return name if unicodedata.is_normalized("NFC", name) else unicodedata.normalize("NFC", name)
+
+
 @dataclass
 class _Dir:
     mtime_ns: int
-    relist: bool
+    changed_at: float  # monotonic time its mtime or listing last changed
+    listed_at: float
+    confirmed: bool  # listed again since that change, and found the same
     files: frozenset[str]
     dirs: frozenset[str]
 
@@ -57,7 +71,10 @@ class TreeScanner:
     want_dir: Callable[[str], bool] = lambda name: not is_ignored(name)
     report_dirs: bool = False  # also report folders (SEGMENTS/<dirs>/<stem>/ are outputs)
     on_unreadable: Callable[[Path, OSError], None] | None = None
+    relist_s: float = 0.0  # keep re-listing a changed folder this long (0: once more)
+    monotonic: Callable[[], float] = time.monotonic
     unreadable: dict[str, str] = field(default_factory=dict)  # relative path -> error text
+    _actual: dict[str, str] = field(default_factory=dict)  # NFC path -> path as on disk
     _cache: dict[str, _Dir] = field(default_factory=dict)
     version: int = 0  # bumped whenever the result changes
     _seen: set[str] = field(default_factory=set)
@@ -114,29 +131,48 @@ class TreeScanner:
         self.unreadable = {rel: str(exc) for rel, exc in failed.items()}
         return self._found, newly
 
+    def actual(self, rel: str) -> str:
+        """The path as it is on disk of a reported (NFC) path: what to open."""
+        return self._actual.get(rel, rel)
+
     def _collect(self, seen: set[str]) -> set[str]:
-        found: set[str] = set()
+        """Reported paths in NFC; those spelled otherwise on disk are remembered."""
+        actual: dict[str, str] = {}
         for rel in seen:
             cached = self._cache[rel]
             prefix = f"{rel}/" if rel else ""
-            found.update(prefix + name for name in cached.files)
-            if self.report_dirs:
-                found.update(prefix + name for name in cached.dirs)
-        return found
+            names = cached.files | cached.dirs if self.report_dirs else cached.files
+            for name in names:
+                raw = prefix + name
+                key = nfc(raw)
+                if key != raw:
+                    actual[key] = raw
+                else:
+                    actual.setdefault(key, raw)
+        self._actual = {k: v for k, v in actual.items() if k != v}
+        return set(actual)
 
     def _visit(self, rel: str, path: Path) -> tuple[_Dir, bool]:
         """Stat one folder and re-list it if it changed (or changed on the previous scan);
         True if its listing differs from the cached one."""
         mtime = self.stat(path).st_mtime_ns
+        now = self.monotonic()
         cached = self._cache.get(rel)
-        fresh = cached is None or cached.mtime_ns != mtime
-        if cached is not None and not fresh and not cached.relist:
+        if cached is not None and cached.mtime_ns == mtime and not self._due(cached, now):
             return cached, False
         files, dirs = self._list(path)
         relisted = cached is None or (files, dirs) != (cached.files, cached.dirs)
-        cached = _Dir(mtime, fresh, files, dirs)
-        self._cache[rel] = cached
-        return cached, relisted
+        changed = relisted or cached is None or cached.mtime_ns != mtime
+        changed_at = now if changed else cached.changed_at  # type: ignore[union-attr]
+        self._cache[rel] = _Dir(mtime, changed_at, now, not changed, files, dirs)
+        return self._cache[rel], relisted
+
+    def _due(self, cached: _Dir, now: float) -> bool:
+        """An unchanged folder is listed again while a listing cache may still be hiding
+        a change (at least once after each change), and every FULL_RELIST_S."""
+        if not cached.confirmed:  # the change has not been re-listed yet
+            return True
+        return now - cached.changed_at < self.relist_s or now - cached.listed_at > FULL_RELIST_S
 
     def _list(self, path: Path) -> tuple[frozenset[str], frozenset[str]]:
         """Sub-folders and wanted regular files; symlinks, FIFOs, sockets and devices are

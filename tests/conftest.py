@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 import structlog
 
+from emif_daemon.layout import Layout
+from emif_daemon.rootmark import init_root
 from tests import sdapi_server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -89,7 +91,7 @@ def fast_sections(root: Path, **overrides: dict[str, Any]) -> dict[str, dict[str
     sections: dict[str, dict[str, Any]] = {
         "paths": {"root": str(root)},
         "watch": {"mode": "poll", "rescan_interval_s": 0.1, "settle_s": 0.0},
-        "coordination": {"heartbeat_s": 0.2, "lease_s": 30.0},
+        "coordination": {"heartbeat_s": 0.2, "lease_s": 30.0, "attribute_cache_s": 0.0},
         "server": {"max_attempts": 3},
         "segment": {"enabled": False},
     }
@@ -100,8 +102,9 @@ def fast_sections(root: Path, **overrides: dict[str, Any]) -> dict[str, dict[str
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
+    """A root set up as `emif init` does (folders and marker): daemons wait for no share."""
     path = tmp_path / "root"
-    path.mkdir()
+    init_root(Layout(path), "test")
     return path
 
 
@@ -158,3 +161,39 @@ def log_lines(root: Path) -> list[dict[str, Any]]:
         for line in path.read_text(encoding="utf-8").splitlines():
             lines.append(json.loads(line))
     return lines
+
+
+# -- FUSE and a real SMB share (tests/maclike.py, tests/realshare/) ------------------------------
+
+
+@pytest.fixture(scope="session")
+def fuse_ok(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Skip, saying why, where FUSE file systems cannot be mounted (no /dev/fuse, no libfuse 2,
+    not allowed to mount): the rest of the suite still runs."""
+    from tests.maclike import fuse_problem  # noqa: PLC0415 - only the FUSE tests need it
+
+    problem = fuse_problem(tmp_path_factory.mktemp("fuse-probe"))
+    if problem:
+        pytest.skip(f"cannot mount FUSE file systems here: {problem}")
+
+
+@pytest.fixture(scope="session")
+def real_share(fuse_ok: None) -> Iterator[Any]:
+    """Samba on a loopback address and three smbnetfs mounts of its share (one per host), set up
+    once per session and torn down at its end; skips where the machine cannot run them."""
+    from tests.realshare import RealShare, ShareUnavailable, free_loopback_address  # noqa: PLC0415
+
+    base = Path(tempfile.gettempdir()) / f"emif-realshare-{os.getpid()}"
+    share = RealShare(base, free_loopback_address())
+    try:
+        share.setup()
+    except ShareUnavailable as exc:
+        share.teardown()
+        pytest.skip(f"no SMB share on this machine: {exc}")
+    except BaseException:
+        share.teardown()
+        raise
+    try:
+        yield share
+    finally:
+        share.teardown()

@@ -74,11 +74,13 @@ RANGED_FIELDS = [
 
 
 def test_the_constrained_fields_are_found() -> None:
+    """Every key that had a choice or a range before the constraints moved onto the fields
+    still has one (new keys add to these sets)."""
     keys = {f"{s}.{n}" for s, n, *_ in LITERAL_FIELDS}
-    assert keys == {
+    assert keys >= {
         "segment.model_type", "segment.device", "segment.cutout", "watch.mode", "logging.level"
     }  # fmt: skip
-    assert {f"{s}.{n}" for s, n, *_ in RANGED_FIELDS} == {
+    assert {f"{s}.{n}" for s, n, *_ in RANGED_FIELDS} >= {
         "server.connect_timeout_s", "server.read_timeout_s", "server.max_attempts",
         "server.max_concurrent", "server.backoff_s", "segment.points_per_side",
         "segment.points_per_batch", "segment.pred_iou_thresh", "segment.stability_score_thresh",
@@ -125,9 +127,28 @@ def test_every_ranged_field_rejects_out_of_range_values(
         assert problems_of({section: {name: value}}, tmp_path) == [
             f"{key}: must be between {low} and {high}, got {shown}"
         ]
-    for value in (v for v in (low, high) if v is not None):  # the bounds themselves are allowed
-        cfg = parse_config({section: {name: value}}, base_dir=tmp_path)
+    # The bounds themselves are allowed (with the keys a rule ties this one to set so that
+    # the rule holds: a lease must outlast two heartbeats and the attribute cache).
+    tied = {"coordination": {"heartbeat_s": 0.05, "attribute_cache_s": 0, "lease_s": 10_000}}
+    for value in (v for v in (low, high) if v is not None):
+        table = {section: {**tied.get(section, {}), name: value}}
+        cfg = parse_config(table, base_dir=tmp_path)
         assert getattr(getattr(cfg, section), name) == value
+
+
+def test_a_lease_shorter_than_two_heartbeats_and_the_attribute_cache_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Another Mac sees a heartbeat's mtime up to attribute_cache_s late: a shorter lease
+    would have it break claims of daemons that are alive."""
+    table = {"coordination": {"heartbeat_s": 15, "lease_s": 50, "attribute_cache_s": 30}}
+    assert problems_of(table, tmp_path) == [
+        "coordination.lease_s: 50 s is too short: other Macs may see a live claim's "
+        "heartbeat up to heartbeat_s + attribute_cache_s late, and would break it; set it "
+        "to at least 2 × heartbeat_s + attribute_cache_s = 60 s"
+    ]
+    table["coordination"]["lease_s"] = 60
+    assert parse_config(table, base_dir=tmp_path).coordination.lease_s == 60
 
 
 def test_all_problems_are_reported_together(tmp_path: Path) -> None:
@@ -216,3 +237,12 @@ def test_a_root_whose_share_is_not_mounted_is_named(tmp_path: Path) -> None:
     result = run_emif("run", "--once", "--config", str(path))
     assert result.returncode == 2
     assert "is the share mounted?" in result.stderr
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:7860", "localhost", "ftp://x", "http://"])
+def test_a_server_url_without_http_is_refused_at_once(tmp_path: Path, url: str) -> None:
+    """Not later, with a misleading 'is the server on?' hint."""
+    assert problems_of({"server": {"url": url}}, tmp_path) == [
+        f"server.url: {url!r} is not an http:// or https:// address; write it like "
+        "http://127.0.0.1:7860"
+    ]

@@ -26,6 +26,7 @@ from emif_daemon.errors import (
 )
 from emif_daemon.failures import FailureRecord
 from emif_daemon.hooks import EngineHooks, GuardedHooks, HostState
+from emif_daemon.keeper import Keeper
 from emif_daemon.layout import upscale_output
 from emif_daemon.metrics import ResourceSample
 from emif_daemon.outcomes import ItemOutcome, Verdict, reason_for, verdict_for
@@ -195,29 +196,36 @@ def test_item_finished_gets_the_outcome_and_the_result(root: Path) -> None:
 # -- the drain rule ------------------------------------------------------------------------
 
 
+def ended_round(d: DrainDetector) -> int:
+    """A whole round: started, then ended; its token."""
+    token = d.round_started()
+    d.round_ended()
+    return token
+
+
 def test_drained_only_when_every_stage_idled_after_the_last_finished_item() -> None:
     d = DrainDetector(["up", "down"])
-    token = d.round_started()
+    token = ended_round(d)
     assert not d.idle("up", token)  # "down" has not spoken yet
     d.item_started("down")
     d.item_finished(finished=True)  # its output may be new input for "up"
-    assert not d.idle("down", d.round_started())  # "up" idled before that item finished
-    assert d.idle("up", d.round_started())
+    assert not d.idle("down", ended_round(d))  # "up" idled before that item finished
+    assert d.idle("up", ended_round(d))
 
 
 def test_an_idle_round_that_began_before_an_item_finished_proves_nothing() -> None:
     d = DrainDetector(["a"])
-    token = d.round_started()
+    token = ended_round(d)
     d.item_started("a")
     d.item_finished(finished=True)
     assert not d.idle("a", token)
-    assert d.idle("a", d.round_started())
+    assert d.idle("a", ended_round(d))
 
 
 def test_an_item_in_hand_holds_draining_up() -> None:
     d = DrainDetector(["a", "b"])
     d.item_started("b")
-    assert not d.idle("a", d.round_started())
+    assert not d.idle("a", ended_round(d))
     d.retire("b")
     assert not d.drained.is_set()  # still in hand
     d.item_finished(finished=False)
@@ -228,11 +236,21 @@ def test_a_stage_that_took_an_item_must_idle_again_before_draining() -> None:
     """An item given back unfinished (server down) is pending again: the stage's older idle
     round does not speak for it."""
     d = DrainDetector(["a", "b"])
-    assert not d.idle("a", d.round_started())
+    assert not d.idle("a", ended_round(d))
     d.item_started("a")
     d.item_finished(finished=False)
-    assert not d.idle("b", d.round_started())
-    assert d.idle("a", d.round_started())
+    assert not d.idle("b", ended_round(d))
+    assert d.idle("a", ended_round(d))
+
+
+def test_a_round_under_way_holds_draining_up() -> None:
+    """Two workers of one stage: one idles while the other's round is still accepting a
+    prompts file; that round's work is not known yet."""
+    d = DrainDetector(["generate"])
+    d.round_started()  # worker 1: intake in progress
+    assert not d.idle("generate", ended_round(d))  # worker 2 found nothing
+    d.round_ended()
+    assert d.idle("generate", ended_round(d))
 
 
 def test_retired_stages_never_hold_draining_up() -> None:
@@ -240,7 +258,7 @@ def test_retired_stages_never_hold_draining_up() -> None:
     d.retire("b")
     d.item_started("b")  # a retired stage stays retired
     d.item_finished(finished=True)
-    assert d.idle("a", d.round_started())
+    assert d.idle("a", ended_round(d))
 
 
 # -- the outcome policy ----------------------------------------------------------------------
@@ -336,3 +354,49 @@ def test_an_unreadable_input_folder_is_logged_once_and_the_rest_is_discovered(
     said = [e for e in logs if e["event"] == "folder_unreadable"]
     assert len(said) == 1
     assert said[0]["path"].endswith("GENERATIONS/Peru")
+
+
+def test_an_io_error_on_a_heartbeat_is_logged_and_retried_never_taken_for_a_loss(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A share answers EIO now and then: the claim stays ours and the next beat goes through."""
+    kit = kit_for(root)
+    store = claim_store(kit.cfg, kit.ctx)
+    claim = store.try_claim("toy", "x")
+    assert claim is not None
+    keeper = Keeper(store, EngineHooks(), Timing(), {}, lambda: HostState("a", False))
+    real_open = os.open
+    fail = [True]
+
+    def flaky(path: Any, flags: int, *args: Any) -> int:
+        if fail[0] and str(path).endswith("x.claim"):
+            raise OSError(errno.EIO, "Input/output error", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", flaky)
+    with capture_logs() as logs:
+        keeper.heartbeat()
+        fail[0] = False
+        before = claim.path.stat().st_mtime_ns
+        time.sleep(0.01)
+        keeper.heartbeat()
+    assert [e["event"] for e in logs] == ["heartbeat_failed"]
+    assert not claim.lost
+    assert claim.path.stat().st_mtime_ns > before
+    assert store.commit(claim, lambda: None)
+
+
+def test_no_claim_lost_is_said_for_a_claim_committed_while_the_keeper_held_it(
+    root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    kit = kit_for(root)
+    store = claim_store(kit.cfg, kit.ctx)
+    claim = store.try_claim("toy", "x")
+    assert claim is not None
+    snapshot = store.held()
+    assert store.commit(claim, lambda: None)
+    monkeypatch.setattr(store, "held", lambda: snapshot)  # the keeper's older look
+    keeper = Keeper(store, EngineHooks(), Timing(), {}, lambda: HostState("a", False))
+    with capture_logs() as logs:
+        keeper.heartbeat()
+    assert logs == []

@@ -134,7 +134,7 @@ def notify_config(root: Path, sd_url: str, hook: str) -> Path:
     sections = fast_sections(
         root, server={"url": sd_url, "backoff_s": 0.05}, notify={"webhook_url": hook}
     )
-    extra = "[generate.payload]\nwidth = 64\nheight = 64\n[upscale]\nenabled = false\n"
+    extra = "[generate.payload]\nwidth = 128\nheight = 128\n[upscale]\nenabled = false\n"
     return write_config(root.parent / "c.toml", sections, extra)
 
 

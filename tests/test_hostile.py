@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from emif_daemon.layout import Layout
+from emif_daemon.rootmark import init_root
 from tests.conftest import (
     fast_sections,
     log_lines,
@@ -139,6 +141,7 @@ def test_a_share_that_fills_up_loses_nothing_and_every_item_is_made_once_space_r
     small_disk: Path,
 ) -> None:
     root = small_disk / "root"
+    init_root(Layout(root), "test")
     (root / "inbox").mkdir(parents=True)
     names = [f"{i:02}" for i in range(6)]
     for name in names:

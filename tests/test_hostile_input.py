@@ -193,8 +193,23 @@ def test_an_invalid_file_found_in_accepted_is_rejected_not_skipped_for_ever(root
     layout = Layout(root)
     layout.ensure()
     (layout.accepted / "bad.json").write_bytes(b'{"jobs": [{"nation": "CON"}]}')
-    box = Inbox(layout, Expansion("{prompt}", "", {}), lambda _e, _d: None)
-    assert box.batches() == []
+    later = Inbox(layout, Expansion("{prompt}", "", {}), lambda _e, _d: None,
+                  now=lambda: time.time() + 3600)  # fmt: skip
+    assert later.batches() == []  # no plan: not a batch yet
+    later.plan_waiting()  # its acceptor died long ago: any host plans it
     assert (layout.rejected / "bad.json").exists()
     report = json.loads((layout.rejected / "bad.error.json").read_text())
     assert any("device name" in p for p in report["problems"])
+
+
+def test_nan_in_a_config_payload_is_a_config_error(tmp_path: Path) -> None:
+    from emif_daemon.config import parse_config  # noqa: PLC0415
+    from emif_daemon.errors import ConfigError  # noqa: PLC0415
+
+    table = {"generate": {"payload": {"cfg_scale": float("nan"), "x": [1.0, float("inf")]}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(table, base_dir=tmp_path)
+    assert sorted(caught.value.problems) == [
+        "generate.payload.cfg_scale: nan is not a number JSON can carry; write a number",
+        "generate.payload.x[1]: inf is not a number JSON can carry; write a number",
+    ]

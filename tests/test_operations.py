@@ -6,6 +6,7 @@ import json
 import os
 import plistlib
 import pty
+import re
 import select
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from tests.conftest import (
 
 def small_config(root: Path, url: str, **over: dict) -> Path:
     sections = fast_sections(root, server={"url": url}, **over)
-    extra = "[generate.payload]\nwidth = 64\nheight = 64\n[upscale]\nenabled = false\n"
+    extra = "[generate.payload]\nwidth = 128\nheight = 128\n[upscale]\nenabled = false\n"
     return write_config(root.parent / "c.toml", sections, extra)
 
 
@@ -55,8 +56,11 @@ def test_rendered_plist_has_every_key_and_runs_the_installed_emif(root: Path) ->
     assert plist["ExitTimeOut"] > 10  # the daemon exits within 10 s of SIGTERM
     assert plist["ProcessType"] == "Interactive"
     assert plist["WorkingDirectory"] == str(cfg.resolve().parent)
-    assert plist["StandardOutPath"].startswith(str(root / "logs"))
-    assert plist["StandardErrorPath"].startswith(str(root / "logs"))
+    # launchd opens these at login, maybe before the share is mounted: never on the share.
+    logs = str(Path.home() / "Library" / "Logs" / "emif-daemon")
+    assert plist["StandardOutPath"].startswith(logs)
+    assert plist["StandardErrorPath"].startswith(logs)
+    assert str(root) not in result.stdout
     assert plist["EnvironmentVariables"]["PYTHONUNBUFFERED"] == "1"
     assert str(Path(sys.executable).parent) in plist["EnvironmentVariables"]["PATH"]
 
@@ -64,23 +68,45 @@ def test_rendered_plist_has_every_key_and_runs_the_installed_emif(root: Path) ->
 def test_install_and_uninstall_drive_launchctl(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A stub launchctl that behaves like the real one: bootout takes a moment, a bootstrap
+    right after it fails with 37 once, print fails once the label is gone."""
     stub_dir = tmp_path / "bin"
     stub_dir.mkdir()
     record = tmp_path / "launchctl.log"
+    state = tmp_path / "state"
+    (state / "loaded").mkdir(parents=True)  # an earlier install is loaded
     stub = stub_dir / "launchctl"
-    stub.write_text(f'#!/bin/sh\necho "$@" >> {record}\nexit 0\n')
+    stub.write_text(
+        f'#!/bin/sh\necho "$@" >> {record}\ncd {state}\n'
+        'case "$1" in\n'
+        "  bootout) [ -d loaded ] && mv loaded unloading; exit 0;;\n"
+        "  print) if [ -d unloading ]; then rmdir unloading; exit 0; fi;"
+        " [ -d loaded ] && exit 0; exit 113;;\n"
+        "  bootstrap) if [ ! -e tried ]; then touch tried;"
+        ' echo "Bootstrap failed: 37: Operation already in progress" >&2; exit 37; fi;'
+        " mkdir loaded; exit 0;;\n"
+        "esac\nexit 0\n"
+    )
     stub.chmod(0o755)
     monkeypatch.setenv("PATH", f"{stub_dir}{os.pathsep}{os.environ['PATH']}")
     home = tmp_path / "home"
-    text = launchd.render(config=REPO / "config.toml", root=tmp_path / "root")
-    path = launchd.install(text, home=home, platform="darwin")
+    text = launchd.render(config=REPO / "config.toml", root=tmp_path / "root", home=home)
+    waits: list[float] = []
+    path = launchd.install(text, home=home, platform="darwin", sleep=waits.append)
     assert path == home / "Library" / "LaunchAgents" / "com.emif.daemon.plist"
     assert plistlib.loads(path.read_bytes())["Label"] == "com.emif.daemon"
+    assert (home / "Library" / "Logs" / "emif-daemon").is_dir()
     uid = os.getuid()
+    service = f"gui/{uid}/com.emif.daemon"
     assert record.read_text().splitlines() == [
-        f"bootout gui/{uid}/com.emif.daemon",
+        f"enable {service}",  # a label once disabled would fail every bootstrap
+        f"bootout {service}",
+        f"print {service}",  # still unloading
+        f"print {service}",  # gone
+        f"bootstrap gui/{uid} {path}",  # 37: too soon
         f"bootstrap gui/{uid} {path}",
     ]
+    assert waits == [0.5, 2.0]
     assert launchd.uninstall(home=home, platform="darwin") == path
     assert not path.exists()
     assert record.read_text().splitlines()[-1] == f"bootout gui/{uid}/com.emif.daemon"
@@ -127,7 +153,7 @@ def test_status_counts_a_known_root(root: Path) -> None:
     # segment: the three upscales are its inputs, one is done
     (root / "SEGMENTS" / "N" / "c" / "N_c_1_1_upscaled_1").mkdir(parents=True)
     claim(root, "segment", "N/c/N_c_2_1_upscaled_1.png", "b", "working")
-    (root / "queue" / "accepted").mkdir(parents=True)
+    (root / "queue" / "accepted").mkdir(parents=True, exist_ok=True)
     (root / "queue" / "waiting.json").write_text("{}")
     cfg = write_config(root.parent / "c.toml", fast_sections(root))
     result = run_emif("status", "--json", "--config", str(cfg))
@@ -142,7 +168,13 @@ def test_status_counts_a_known_root(root: Path) -> None:
     assert ages["b"] >= 3500
     seg = status["stages"]["segment"]
     assert (seg["pending"], seg["working"], seg["done"], seg["failed"]) == (1, 1, 1, 0)
-    assert status["queue"] == {"waiting": 1, "accepted": 0, "done": 0, "rejected": 0}
+    assert status["queue"] == {
+        "waiting": 1,
+        "accepted": 0,
+        "done": 0,
+        "rejected": 0,
+        "cancelled": 0,
+    }
     table = run_emif("status", "--config", str(cfg)).stdout
     assert "upscale" in table
     assert "STALE" in table
@@ -240,7 +272,13 @@ def test_progress_bars_on_a_terminal(root: Path) -> None:
     assert "generate" in text
     assert "4/4" in text
     assert "img/s" in text or "s/img" in text
-    assert "item_done" in text  # log lines print above the bars, readable
+    # Log lines print above the bars: one short line per finished image, the start-up line
+    # saying where to drop files, and none of the claim and request chatter.
+    done = re.findall(r"\d\d:\d\d:\d\d generate +done GENERATIONS/N/c/N_c_\d_1\.png", text)
+    assert len(done) == 4, text
+    assert f"drop prompts files into {root / 'queue'}" in text
+    assert "item_claimed" not in text
+    assert "request_sent" not in text
 
 
 def test_progress_events_when_not_on_a_terminal(root: Path) -> None:

@@ -26,7 +26,7 @@ from tests.conftest import (
     write_config,
 )
 
-SMALL = {"width": 64, "height": 64, "steps": 4, "loras": [], "controls": []}
+SMALL = {"width": 128, "height": 128, "steps": 4, "loras": [], "controls": []}  # DT minimum: 128
 PASSES = [
     {"upscaler": "4x_ultrasharp_f16.ckpt", "upscaler_scale": 2, "strength": 0.0},
     {"strength": 0.3, "model": "juggernaut_xl_v9_q6p_q8p.ckpt", "upscaler": None},
@@ -47,7 +47,7 @@ def pipeline_config(root: Path, url: str, *, upscale: bool = True) -> Path:
     extra = "[generate.payload]\n" + "".join(
         f"{k} = {json.dumps(v) if v is not None else '[]'}\n" for k, v in SMALL.items()
     )
-    extra += f"[upscale]\nenabled = {str(upscale).lower()}\nexpect_size = [128, 128]\n"
+    extra += f"[upscale]\nenabled = {str(upscale).lower()}\nexpect_size = [256, 256]\n"
     for p in PASSES:
         extra += "[[upscale.passes]]\n" + "".join(
             f"{k} = {json.dumps(v)}\n" for k, v in p.items() if v is not None
@@ -124,7 +124,7 @@ def test_dropped_file_becomes_24_generations_and_24_upscales(
         assert "init_images" not in json.dumps(up_side)
     # init images were sent as plain base64 with width/height equal to their size
     first_pass = [r for r in img if r.payload.get("strength") == 0.0]
-    assert {(r.payload["width"], r.payload["height"]) for r in first_pass} == {(64, 64)}
+    assert {(r.payload["width"], r.payload["height"]) for r in first_pass} == {(128, 128)}
     events = [e["event"] for e in log_lines(root)]
     assert "server_detected" in events
     assert events.count("prompts_accepted") == 1
@@ -140,7 +140,7 @@ def test_legacy_shape_and_a_second_run_of_the_same_file_sends_nothing(
         {"language": "Italy", "prompt_addition": "an italian family at dinner", "count": 2},
         {"language": "Italy", "prompt_addition": "a working italian woman at a loom"},
     ]
-    (root / "queue").mkdir()
+    (root / "queue").mkdir(exist_ok=True)
     (root / "queue" / "legacy.json").write_text(json.dumps(legacy))
     assert run_emif("run", "--once", "--config", str(cfg)).returncode == 0
     assert pngs(root / "GENERATIONS") == [
@@ -155,9 +155,10 @@ def test_legacy_shape_and_a_second_run_of_the_same_file_sends_nothing(
     assert run_emif("run", "--once", "--config", str(cfg)).returncode == 0
     assert len(sdapi.state.generations()) == sent, "a second run sent requests"
     assert {p: p.read_bytes() for p in (root / "GENERATIONS").rglob("*.png")} == before
-    assert (root / "queue" / "done" / "legacy-2.json").exists()
-    accepted = [e for e in log_lines(root) if e["event"] == "prompts_accepted"]
-    assert accepted[-1]["skipped_existing"] == 4
+    # Recognised and said, not counted "done" (it would make nothing new).
+    assert (root / "queue" / "rejected" / "legacy-2.json").exists()
+    rejected = [e for e in log_lines(root) if e["event"] == "prompts_rejected"]
+    assert "the very same file was accepted before as legacy.json" in rejected[-1]["errors"][0]
 
 
 INVALID = {
@@ -182,7 +183,7 @@ def test_invalid_files_are_rejected_with_reasons_while_a_valid_one_completes(
     root: Path, sdapi: sdapi_server.SdapiHTTPServer
 ) -> None:
     cfg = pipeline_config(root, sdapi.url, upscale=False)
-    (root / "queue").mkdir()
+    (root / "queue").mkdir(exist_ok=True)
     for name, data in INVALID.items():
         (root / "queue" / name).write_bytes(data)
     nations_file(root / "queue" / "good.json", ["Chile"], per=2)
@@ -206,7 +207,10 @@ def test_server_faults_end_every_item_done_or_failed_with_a_reason(
     cfg = pipeline_config(root, sdapi.url, upscale=False)
     # item 1: 500, garbage base64, then fine; item 2: PNG that does not decode, dropped
     # connection, then fine; item 3: three 500s → failed; item 4: an empty answer then fine.
-    sdapi.state.fault("500", "garbage", "ok", "badpng", "drop", "ok", "500", "500", "500", "empty")
+    # (Faults by seed: the stage's two workers may ask in either order.)
+    for seed, faults in {1: ("500", "garbage"), 2: ("badpng", "drop"), 3: ("500",) * 3}.items():
+        sdapi.state.fault(*faults, seed=seed)
+    sdapi.state.fault("empty", seed=4)
     doc = {
         "defaults": {"seed": 1},
         "jobs": [
@@ -214,7 +218,7 @@ def test_server_faults_end_every_item_done_or_failed_with_a_reason(
             {"nation": "N", "category": "bad", "prompt": "p", "payload": {"foo": 1}},
         ],
     }
-    (root / "queue").mkdir()
+    (root / "queue").mkdir(exist_ok=True)
     (root / "queue" / "faults.json").write_text(json.dumps(doc))
     result = run_emif("run", "--once", "--config", str(cfg))
     assert result.returncode == 1  # some items failed
@@ -245,7 +249,7 @@ def test_server_faults_end_every_item_done_or_failed_with_a_reason(
 def test_a_server_down_at_start_charges_no_attempt_and_is_waited_for(root: Path) -> None:
     port = free_port()
     cfg = pipeline_config(root, f"http://127.0.0.1:{port}", upscale=False)
-    (root / "queue").mkdir()
+    (root / "queue").mkdir(exist_ok=True)
     nations_file(root / "queue" / "n.json", ["Peru"], per=2)
     proc = spawn(emif_cmd("run", "--once", "--config", str(cfg)))
     try:
@@ -291,7 +295,7 @@ def test_shipped_payloads_are_accepted_by_the_server_they_are_for(
         cfg = work / config_name
         cfg.write_text(text)
         root = cfg.parent / "pipeline"
-        (root / "queue").mkdir(parents=True)
+        assert run_emif("init", "--config", str(cfg)).returncode == 0
         nations_file(root / "queue" / "one.json", ["Italy"], per=1)
         result = run_emif("run", "--once", "--config", str(cfg), timeout=180)
         assert result.returncode == 0, result.stderr[-2000:]
@@ -307,7 +311,7 @@ def test_retry_returns_the_right_file_when_a_name_was_used_before(
 ) -> None:
     """A batch keeps one name from accepted/ to done/, so retry finds the right one."""
     cfg = pipeline_config(root, sdapi.url, upscale=False)
-    (root / "queue").mkdir()
+    (root / "queue").mkdir(exist_ok=True)
     first = {"jobs": [{"nation": "N", "category": "c", "prompt": "p", "count": 1}]}
     (root / "queue" / "p.json").write_text(json.dumps(first))
     assert run_emif("run", "--once", "--config", str(cfg)).returncode == 0

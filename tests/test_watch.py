@@ -197,6 +197,9 @@ def test_a_file_landing_in_the_same_mtime_tick_is_found_on_the_next_scan() -> No
     assert share.calls()[1] == ["a"]  # the one re-listing after a change
     assert scanner.version == version + 1
 
+    # The listing changed without its mtime: a change like any other, re-listed once more.
+    assert scanner.scan() == {"a/1.png", "a/new.png", "a/late.png", "b/2.png"}
+    assert share.calls()[1] == ["a"]
     assert scanner.scan() == {"a/1.png", "a/new.png", "a/late.png", "b/2.png"}
     assert share.calls()[1] == []  # mtime unchanged and already re-listed: not listed again
     assert scanner.version == version + 1
@@ -529,3 +532,46 @@ def test_settler_forget_drops_what_it_remembered(tmp_path: Path) -> None:
     assert not settler.ready(arrived, server_now=T)  # its rename hint is gone too
     clock.now += 10
     assert settler.ready(dropped, server_now=T)
+
+
+def test_a_changed_folder_is_re_listed_for_the_whole_listing_cache_period() -> None:
+    """A Mac's SMB client may serve a listing from its cache for up to a minute: a file
+    another Mac wrote can appear in our listing that long after the folder's mtime moved."""
+    share = FakeShare()
+    share.touch("a/1.png")
+    clock = [0.0]
+    scanner = scanner_on(share)
+    scanner.relist_s = 60.0
+    scanner.monotonic = lambda: clock[0]
+    settled(scanner, share)
+    clock[0] = 100.0  # long after the first listings: the tree is at rest
+    scanner.scan()
+    assert share.calls()[1] == []
+    share.touch("a/2.png")
+    scanner.scan()
+    assert share.calls()[1] == ["a"]
+    listed = []
+    for second in range(105, 300, 5):
+        clock[0] = float(second)
+        found = scanner.scan()
+        if share.calls()[1]:
+            listed.append(second)
+        if second == 145:  # shows up in a listing, the folder's mtime unchanged
+            share.touch("a/hidden-by-cache.png", bump=False)
+        if second == 150:
+            assert "a/hidden-by-cache.png" in found
+    # Every scan for 60 s after the last change seen (the one at 150), then none.
+    assert listed == list(range(105, 210, 5))
+
+
+def test_names_are_reported_in_nfc_and_opened_as_they_are_on_disk() -> None:
+    import unicodedata  # noqa: PLC0415
+
+    share = FakeShare()
+    decomposed = unicodedata.normalize("NFD", "Côte d'Ivoire/family/Côte_1_1.png")
+    share.touch(decomposed)
+    scanner = scanner_on(share)
+    composed = unicodedata.normalize("NFC", decomposed)
+    assert scanner.scan() == {composed}
+    assert scanner.actual(composed) == decomposed
+    assert scanner.actual("plain.png") == "plain.png"

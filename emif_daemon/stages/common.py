@@ -110,11 +110,14 @@ class PngTreeDiscovery:
         self.inputs_top = inputs
         self.outputs_top = outputs
         self.output_of = output_of
-        self.in_scan = TreeScanner(inputs, want=is_input_png, on_unreadable=_unreadable)
+        self.in_scan = TreeScanner(
+            inputs, want=is_input_png, on_unreadable=_unreadable, relist_s=ctx.relist_s
+        )
         self.out_scan = TreeScanner(
             outputs,
             want=(lambda _n: False) if outputs_are_dirs else is_input_png,
             report_dirs=outputs_are_dirs,
+            relist_s=ctx.relist_s,
         )
         self._last: tuple[int, int] = (-1, -1)
         self._wanted: dict[str, str] = {}
@@ -146,12 +149,13 @@ class PngTreeDiscovery:
         now = self.ctx.clock.now()
         items: list[Item] = []
         for rel in todo:
-            source = self.inputs_top / rel
+            source = self.inputs_top / self.in_scan.actual(rel)  # as spelled on disk
             if not self.ctx.settler.ready(source, now):
                 found.waiting += 1
                 continue
             output = self.outputs_top / self._wanted[rel]
             items.append(Item(key=rel, outputs=(output,), source=source))
         found.items = items
-        self.ctx.settler.forget(self.inputs_top, (str(self.inputs_top / rel) for rel in todo))
+        keep = (str(self.inputs_top / self.in_scan.actual(rel)) for rel in todo)
+        self.ctx.settler.forget(self.inputs_top, keep)
         return found

@@ -12,14 +12,16 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..allocation import intake_lock
 from ..answers import a1111_info_problem, a1111_maps_problem
+from ..batches import FixResult, failed_items, fix_batch
 from ..config import GenerateConfig
 from ..dialects import guess_kind, merge_payload
 from ..errors import PermanentItemError, TransientError
 from ..failures import FailureLog
-from ..files import png_problem
+from ..files import NotARegularFile, png_problem, read_regular
 from ..findings import Use
-from ..inbox import Batch, BatchSummary, Expansion, Inbox, queued_files
+from ..inbox import Batch, BatchSummary, Expansion, Inbox, queued_files, stray_files
 from ..layout import is_input_png
 from ..logs import get_logger
 from ..plan import PlannedItem
@@ -85,7 +87,7 @@ class GenerateStage(StageBase):
         ctx: StageContext,
         cfg: GenerateConfig,
         server: Server,
-        models_folders: Sequence[Path] = (),
+        models_folders: Sequence[str | Path] = (),
     ) -> None:
         self.ctx = ctx
         self.cfg = cfg
@@ -101,12 +103,15 @@ class GenerateStage(StageBase):
                 Limits(max_items=cfg.max_items_per_file),
             ),
             ctx.events,
+            lock=lambda: intake_lock(ctx.layout, ctx.clock, ctx.identity),
+            now=ctx.clock.now,
         )
         # Per batch, how many items from the start are known finished (images there, or
         # failed): each round resumes there instead of walking the whole plan.
         self._cursor: dict[str, int] = {}
         self._failed_seen: set[str] = set()
-        self.outputs = TreeScanner(ctx.layout.generations, want=is_input_png)
+        self._strays: set[str] = set()
+        self.outputs = TreeScanner(ctx.layout.generations, want=is_input_png, relist_s=ctx.relist_s)
         self.failures = FailureLog(ctx.layout.failed, self.name)
         self.log = get_logger()
 
@@ -124,15 +129,54 @@ class GenerateStage(StageBase):
             for path in queued:
                 if self.ctx.settler.ready(path, now):
                     self._take(path)
+        self.inbox.plan_waiting()
+        self._say_strays()
         for batch in self.inbox.batches():
             if next(self._open_items(batch), None) is None:
                 self._finish(batch)
 
+    def _say_strays(self) -> None:
+        """Each file in queue/ that is not a prompts file, said once."""
+        for name in stray_files(self.ctx.layout):
+            if name not in self._strays:
+                self._strays.add(name)
+                self.log.warning(
+                    "queue_file_ignored",
+                    file=name,
+                    hint="only *.json files are prompts files; rename it if it is one",
+                )
+
     def _take(self, path: Path) -> None:
         try:
-            self.inbox.take(path)
+            if not self._fix(path):
+                self.inbox.take(path)
         except OSError as exc:  # the next round tries again; other files go on
             self.log.error("prompts_intake_failed", file=path.name, error=str(exc))
+
+    def _fix(self, path: Path) -> bool:
+        """A file named like a finished batch with failed items is its correction: its
+        failed items are made again with the new plan (batches.py). True if it was one."""
+        layout = self.ctx.layout
+        if not (layout.done / path.name).is_file() or not failed_items(layout, path.name):
+            return False
+        try:
+            data = read_regular(path, self.inbox.exp.limits.max_bytes)
+        except NotARegularFile:
+            return False  # refused with its reason by the normal intake
+        if data == (layout.done / path.name).read_bytes():
+            return False  # the same file again: said so by the normal intake
+        with intake_lock(layout, self.ctx.clock, self.ctx.identity) as held:
+            if not held:
+                return True  # next round
+            result = fix_batch(layout, self.inbox.exp, path.name, data)
+        if isinstance(result, FixResult):
+            path.unlink(missing_ok=True)
+            self.log.info("batch_fixed", file=path.name, pending_again=result.pending_again)
+            return True
+        # Named like the batch, so meant to fix it: refused with the reasons, not taken as
+        # a new batch of other images.
+        self.inbox.reject(path, path.name, result)
+        return True
 
     def _finish(self, batch: Batch) -> None:
         done = self.outputs.scan()
