@@ -175,3 +175,45 @@ def test_a_share_that_fills_up_loses_nothing_and_every_item_is_made_once_space_r
     assert sorted(c.stem for c in claims) == names
     assert all(json.loads(c.read_text())["state"] == "done" for c in claims)
     assert not [p for p in root.rglob("*") if p.name.endswith(".emiftmp")]
+
+
+def test_a_server_that_trickles_its_answer_is_cut_off_at_the_read_timeout() -> None:
+    """Headers at once, then a byte a second: without a whole-answer deadline the worker
+    and its claim would be held for hours."""
+    import socket  # noqa: PLC0415
+    import threading  # noqa: PLC0415
+
+    from emif_daemon.errors import TransientError  # noqa: PLC0415
+    from emif_daemon.sdapi import TXT2IMG, Server, ServerInfo  # noqa: PLC0415
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    done = threading.Event()
+
+    def trickle() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100000\r\n\r\n")  # fmt: skip
+            while not done.wait(0.2):
+                try:
+                    conn.sendall(b" ")
+                except OSError:
+                    return
+
+    thread = threading.Thread(target=trickle)
+    thread.start()
+    server = Server(f"http://127.0.0.1:{listener.getsockname()[1]}", connect_timeout=1,
+                    read_timeout=1.5)  # fmt: skip
+    server.info = ServerInfo("drawthings", "m")
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransientError, match=r"did not arrive whole within 1\.5 s"):
+            server.post(TXT2IMG, {"prompt": "p"}, priority=1, expect=1)
+    finally:
+        done.set()
+        thread.join(5)
+        listener.close()
+    assert time.monotonic() - started < 5
