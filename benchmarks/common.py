@@ -117,7 +117,7 @@ def machine() -> str:
     return f"{cpu}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB"
 
 
-def run_way(way: str, images: int, service: float) -> dict[str, float]:
+def run_way(way: str, images: int, service: float, *, gallery: bool = False) -> dict[str, float]:
     """Push `images` through generate + 2 passes, by the daemon or the original scripts,
     against a fresh server; returns the client's CPU/wall/RSS and the server's window."""
     server = start_server(service)
@@ -129,7 +129,7 @@ def run_way(way: str, images: int, service: float) -> dict[str, float]:
         else:
             (root / "queue").mkdir(exist_ok=True)
             (root / "queue" / "bench.json").write_text(json.dumps(prompts_doc(images)))
-            cfg = daemon_config(root, server.url)
+            cfg = daemon_config(root, server.url, gallery={"enabled": gallery})
             cmd = [sys.executable, "-m", "emif_daemon.cli", "run", "--once", "--config", str(cfg)]
         code, wall, cpu, rss = run_measured(cmd)
         if code != 0:

@@ -158,6 +158,8 @@ class ClaimStore:
         try:
             fd = os.open(claim.path, os.O_RDWR)
         except FileNotFoundError:
+            if not claim.path.parent.is_dir():  # the whole folder went: the share is away
+                raise
             return False
         try:
             content = _parse_claim(os.pread(fd, 1 << 16, 0))

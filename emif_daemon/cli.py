@@ -44,8 +44,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         get_logger().error("no_stages", hint=NO_STAGES_HINT)
         return EXIT_USAGE
     # Never build a tree where the share should be: wait for its marker (logging to the
-    # terminal or launchd's log meanwhile), then log to the root as well.
-    configure_logging(host=host, level=cfg.logging.level, file=None, bars=bars)
+    # terminal or launchd's log meanwhile, and to a log file of the config's own if it
+    # names one), then log to the root as well.
+    explicit = cfg.logging.file not in ("", "-")
+    early = (Path(str(cfg.source)).parent / cfg.logging.file).resolve() if explicit else None
+    configure_logging(host=host, level=cfg.logging.level, file=early, bars=bars)
     if not await_root(layout, interval_s=cfg.watch.rescan_interval_s, once=args.once):
         return EXIT_USAGE if args.once else EXIT_OK
     try:

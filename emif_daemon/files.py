@@ -74,9 +74,12 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
-def write_temp(final: Path, data: bytes) -> Path:
+def write_temp(final: Path, data: bytes, *, make_parents: bool = True) -> Path:
+    """`data` under a temp name beside `final`, synced. Without `make_parents`, a missing
+    folder is an error (FileNotFoundError): nothing is written where a share is away."""
     tmp = temp_name(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
+    if make_parents:
+        final.parent.mkdir(parents=True, exist_ok=True)
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()
@@ -84,9 +87,9 @@ def write_temp(final: Path, data: bytes) -> Path:
     return tmp
 
 
-def atomic_write(final: Path, data: bytes) -> None:
+def atomic_write(final: Path, data: bytes, *, make_parents: bool = True) -> None:
     """Write then rename over `final`: for records we own (sidecars, plans), never images."""
-    tmp = write_temp(final, data)
+    tmp = write_temp(final, data, make_parents=make_parents)
     try:
         os.replace(tmp, final)
     except BaseException:
@@ -95,8 +98,9 @@ def atomic_write(final: Path, data: bytes) -> None:
     fsync_dir(final.parent)
 
 
-def atomic_write_json(final: Path, obj: Any) -> None:
-    atomic_write(final, (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode())
+def atomic_write_json(final: Path, obj: Any, *, make_parents: bool = True) -> None:
+    body = (json.dumps(obj, indent=2, ensure_ascii=False) + "\n").encode()
+    atomic_write(final, body, make_parents=make_parents)
 
 
 def publish_new(final: Path, data: bytes) -> None:

@@ -27,6 +27,7 @@ from .identity import HostIdentity
 from .layout import Layout
 from .logs import get_logger
 from .plan import Plan
+from .rootmark import root_problem
 
 LOCK_NAME = "gallery.lock"
 SETTLE_S = 2.0  # events of one burst (a batch ending, several items) make one build
@@ -185,6 +186,8 @@ class GalleryRefresher:
         groups = self._take()
         if not groups:
             return True
+        if root_problem(self.layout) is not None:
+            return False  # the share is away: never build where it should be mounted
         try:
             if not self.lock.acquire():
                 self.log.info("gallery_busy", holder=(self.lock.holder() or {}).get("host"))

@@ -28,6 +28,7 @@ def write_host_report(layout: Layout, identity: HostIdentity, state: HostState) 
             "pid": identity.pid,
             "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
+        make_parents=False,  # `emif init` made .emif/hosts; gone means the share is away
     )
 
 

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any
 
 from .allocation import index_use, overlap_problems
 from .files import (
+    MACHINE,
     NotARegularFile,
     atomic_write_json,
     publish_new,
@@ -124,25 +126,54 @@ def unique_name(folder: Path, name: str) -> str:
     raise OSError(f"no free name for {name} in {folder}")
 
 
+MOVING = ".moving"  # a prompts file in hand between two folders: `.<name>.<tag>.moving`
+MOVING_STALE_S = 600.0  # a move left this long was its host's last act: undone
+
+
 def _move_unique(src: Path, folder: Path, avoid: tuple[Path, ...] = ()) -> Path | None:
     """Rename `src` into `folder` under a name not taken yet; None if another host won.
 
-    Names also taken in `avoid` are skipped, so a batch keeps one name from accepted/ to
-    done/ (failure records and `emif retry` refer to it).
+    First the file is renamed, beside itself, to a name only this process uses: one host
+    wins it, and no rename ever targets a name another host may be renaming onto (a Mac's
+    SMB client "replaces" by deleting the target first, which could delete the winner's
+    file). Then it goes to `folder` under a free name; names also taken in `avoid` are
+    skipped, so a batch keeps one name from accepted/ to done/.
     """
+    held = src.with_name(f".{src.name}.{MACHINE}.{os.getpid()}.{secrets.token_hex(4)}{MOVING}")
+    try:
+        os.rename(src, held)
+    except FileNotFoundError:
+        return None  # another host took it
     stem, suffix = src.stem, src.suffix
     for n in range(1, 1000):
         target = folder / (src.name if n == 1 else f"{stem}-{n}{suffix}")
         if any((other / target.name).exists() for other in avoid):
             continue
         try:
-            rename_noreplace(src, target)
+            rename_noreplace(held, target)
             return target
         except FileExistsError:
             continue
-        except FileNotFoundError:
-            return None
+    os.rename(held, src)  # give it back rather than strand it
     raise OSError(f"no free name for {src.name} in {folder}")
+
+
+def undo_stranded_moves(folders: tuple[Path, ...], now: float) -> list[Path]:
+    """Put back files a host took in hand and never moved on (it died between the two
+    renames of `_move_unique`); returns where they went back to."""
+    restored = []
+    for folder in folders:
+        try:
+            entries = [e for e in os.scandir(folder) if e.name.endswith(MOVING)]
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            name = entry.name[1:].rsplit(".", 4)[0]  # .<name>.<tag>.<pid>.<hex>.moving
+            with contextlib.suppress(FileNotFoundError, FileExistsError):
+                if now - entry.stat().st_mtime > MOVING_STALE_S:
+                    rename_noreplace(Path(entry.path), folder / name)
+                    restored.append(folder / name)
+    return restored
 
 
 def _folder_names(folder: Path) -> list[str]:

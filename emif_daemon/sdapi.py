@@ -14,7 +14,6 @@ import binascii
 import contextlib
 import itertools
 import json
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ from typing import Any, Literal
 import requests
 import urllib3
 
+from .download import read_whole
 from .errors import (
     EmifError,
     PermanentItemError,
@@ -172,17 +172,6 @@ def failure(status: int, detail: str, kind: str) -> EmifError:
     return PermanentItemError(f"server refused the request (HTTP {status}): {text}")
 
 
-def _cut(response: requests.Response) -> None:
-    """End a download from another thread: a blocked read wakes only when its socket is
-    shut down (closing it does not wake it)."""
-    connection = getattr(response.raw, "connection", None)
-    sock = getattr(connection, "sock", None)
-    with contextlib.suppress(OSError):
-        if sock is not None:
-            sock.shutdown(socket.SHUT_RDWR)
-    response.close()
-
-
 def parse_answer(body: object, expect: int, seconds: float, key: str = "images") -> Answer:
     """The images of a 200 answer; A1111's extras answers one `image`, not `images`."""
     if key == "image" and isinstance(body, dict) and "image" in body:
@@ -324,31 +313,6 @@ class Server:
             if stop.wait(compute_backoff(attempt, base=0.5, cap=cap_s)):
                 return
 
-    def _body(self, response: requests.Response, *, deadline: float) -> bytes:
-        """The answer's body, downloaded outside the request slot. It must be in whole by
-        `deadline` (read_timeout after sending): a server that sends headers and then
-        trickles the body would otherwise hold the worker and its claim for hours."""
-        cutoff = threading.Timer(max(0.0, deadline - time.monotonic()), _cut, (response,))
-        cutoff.daemon = True
-        cutoff.start()
-        failed: Exception | None = None
-        try:
-            content: bytes = response.raw.read(decode_content=True)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError,
-                ValueError, AttributeError) as exc:  # fmt: skip
-            content, failed = b"", exc  # AttributeError/ValueError: closed under the read
-        finally:
-            cutoff.cancel()
-            cutoff.join()
-        if time.monotonic() >= deadline:
-            raise TransientError(
-                f"the answer did not arrive whole within {self.read_timeout:g} s of sending "
-                "(server.read_timeout_s); it came too slowly"
-            ) from failed
-        if failed is not None:
-            raise TransientError(f"connection dropped while answering: {failed}") from failed
-        return content
-
     def post(
         self,
         path: str,
@@ -397,7 +361,7 @@ class Server:
                 raise TransientError(f"connection dropped while generating: {exc}") from exc
             seconds = time.monotonic() - started
         with response:
-            content = self._body(response, deadline=started + self.read_timeout)
+            content = read_whole(response, started + self.read_timeout, self.read_timeout)
         if response.status_code != 200:
             # cpp-httplib puts the reason of a 500 in a header, with an empty body
             reason = response.headers.get("EXCEPTION_WHAT") or response.reason

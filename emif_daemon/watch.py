@@ -169,10 +169,17 @@ class TreeScanner:
 
     def _due(self, cached: _Dir, now: float) -> bool:
         """An unchanged folder is listed again while a listing cache may still be hiding
-        a change (at least once after each change), and every FULL_RELIST_S."""
+        a change — at least once after each change, on every scan for `relist_s` after it,
+        and once more after that window (a listing fetched just before it closed may have
+        come from the cache) — and every FULL_RELIST_S."""
         if not cached.confirmed:  # the change has not been re-listed yet
             return True
-        return now - cached.changed_at < self.relist_s or now - cached.listed_at > FULL_RELIST_S
+        since = now - cached.changed_at
+        if since < self.relist_s:
+            return True
+        if cached.listed_at - cached.changed_at < self.relist_s:  # the one after the window
+            return True
+        return now - cached.listed_at > FULL_RELIST_S
 
     def _list(self, path: Path) -> tuple[frozenset[str], frozenset[str]]:
         """Sub-folders and wanted regular files; symlinks, FIFOs, sockets and devices are

@@ -21,7 +21,15 @@ from ..errors import PermanentItemError, TransientError
 from ..failures import FailureLog
 from ..files import NotARegularFile, png_problem, read_regular
 from ..findings import Use
-from ..inbox import Batch, BatchSummary, Expansion, Inbox, queued_files, stray_files
+from ..inbox import (
+    Batch,
+    BatchSummary,
+    Expansion,
+    Inbox,
+    queued_files,
+    stray_files,
+    undo_stranded_moves,
+)
 from ..layout import is_input_png
 from ..logs import get_logger
 from ..plan import PlannedItem
@@ -130,6 +138,9 @@ class GenerateStage(StageBase):
                 if self.ctx.settler.ready(path, now):
                     self._take(path)
         self.inbox.plan_waiting()
+        layout = self.ctx.layout
+        for path in undo_stranded_moves((layout.queue, layout.accepted), self.ctx.clock.now()):
+            self.log.warning("prompts_move_undone", file=str(path))
         self._say_strays()
         for batch in self.inbox.batches():
             if next(self._open_items(batch), None) is None:
