@@ -11,14 +11,13 @@ died is broken after the lease, by the file server's clock.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .clock import ServerClock
+from .hostlock import HostLock
 from .identity import HostIdentity
 from .layout import Layout
 from .plan import Plan
@@ -99,46 +98,12 @@ def intake_lock(
 ) -> Iterator[bool]:
     """Hold the share's intake lock while the body runs; yields False (without it) when
     another live host holds it: try again next round."""
-    path = layout.state / "intake.lock"
-    body = json.dumps({"host": identity.host, "machine": identity.machine, "pid": identity.pid})
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        if not _break_if_stale(path, clock, identity, stale_s):
-            yield False
-            return
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            yield False
-            return
-    try:
-        os.write(fd, body.encode())
-    finally:
-        os.close(fd)
+    lock = HostLock(layout.state / "intake.lock", clock, identity, stale_s=stale_s,
+                    beat_s=stale_s / 3)  # fmt: skip
+    if not lock.acquire():
+        yield False
+        return
     try:
         yield True
     finally:
-        path.unlink(missing_ok=True)
-
-
-def _break_if_stale(path: Path, clock: ServerClock, me: HostIdentity, stale_s: float) -> bool:
-    """Remove a lock its owner can no longer release; True if it is gone now."""
-    try:
-        age = clock.now() - path.stat().st_mtime
-        owner = json.loads(path.read_bytes() or b"{}")
-    except FileNotFoundError:
-        return True
-    except (OSError, ValueError):
-        owner = {}
-        age = 0.0
-    gone = isinstance(owner, dict) and me.process_gone(owner.get("machine"), owner.get("pid"), None)
-    if not gone and age <= stale_s:
-        return False
-    target = path.with_name(f"{path.name}.broken.{me.machine}.{me.pid}")
-    try:
-        os.rename(path, target)  # one breaker wins
-    except FileNotFoundError:
-        return True
-    target.unlink(missing_ok=True)
-    return True
+        lock.release()
