@@ -20,6 +20,7 @@ from emif_daemon.daemon import claim_store, make_kit
 from emif_daemon.engine import EXIT_OK, Engine, Timing
 from emif_daemon.errors import StageUnavailable
 from emif_daemon.retry import RetryPolicy
+from emif_daemon.stages.sam_decoder import SharedDecoder, check_internals, self_check
 from emif_daemon.stages.segment import ModelSpec, SegmentStage, checkpoint_problem
 from emif_daemon.stages.segment_model import (
     Segmenter,
@@ -29,9 +30,10 @@ from emif_daemon.stages.segment_model import (
     naive_masks,
     square_box,
 )
+from emif_daemon.stages.segment_spec import retry_steps
 from tests import sdapi_server
 from tests.conftest import fast_sections, log_lines, run_emif, spawn, wait_for, write_config
-from tests.tiny_sam import save_checkpoint
+from tests.tiny_sam import ROOM_VARIABLE, save_checkpoint
 
 TINY = "tests.tiny_sam:build"
 
@@ -103,6 +105,11 @@ def test_cutout_alpha_is_the_mask_and_colour_is_kept_inside() -> None:
 # -- the model ------------------------------------------------------------------------------
 
 
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 1.0
+
+
 def test_fast_path_masks_agree_with_the_naive_2048_generator(checkpoint: Path) -> None:
     """≥ 95 % of the masks on each side have a partner with IoU ≥ 0.95 on the other.
 
@@ -119,10 +126,6 @@ def test_fast_path_masks_agree_with_the_naive_2048_generator(checkpoint: Path) -
     assert len(fast) >= 40
     assert len(naive) >= 40
 
-    def iou(a: np.ndarray, b: np.ndarray) -> float:
-        union = np.logical_or(a, b).sum()
-        return float(np.logical_and(a, b).sum() / union) if union else 1.0
-
     def partner(mask: np.ndarray, point: list[float], score: float, pool: list[Any]) -> bool:
         near = [m for p, s, m in pool if np.allclose(p, point, atol=1) and abs(s - score) < 1e-4]
         return any(iou(mask, m) >= 0.95 for m in near)
@@ -133,6 +136,136 @@ def test_fast_path_masks_agree_with_the_naive_2048_generator(checkpoint: Path) -
     naive_ok = sum(partner(m, p, s, fast_pool) for p, s, m in naive_pool)
     assert fast_ok >= 0.95 * len(fast)
     assert naive_ok >= 0.95 * len(naive)
+
+
+# -- the shared decoder ---------------------------------------------------------------------
+
+
+def test_shared_decoder_gives_sams_mask_decoder_logits() -> None:
+    """On vit_b's decoder (random weights): the same logits and IoU as ``MaskDecoder`` for a
+    batch of point prompts, and a subset of rows gives those rows' masks."""
+    torch.manual_seed(2)
+    sam = sam_model_registry["vit_b"]().eval()
+    embedding = torch.randn(1, 256, 64, 64)
+    points = torch.rand(12, 1, 2) * 1024
+    labels = torch.ones(12, 1, dtype=torch.int)
+    with torch.inference_mode():
+        sparse, dense = sam.prompt_encoder(points=(points, labels), boxes=None, masks=None)
+        pe = sam.prompt_encoder.get_dense_pe()
+        masks, iou_preds = sam.mask_decoder(embedding, pe, sparse, dense, multimask_output=True)
+        shared = SharedDecoder(sam)
+        shared.set_image(embedding)
+        decoded = shared.decode(sparse)
+        ours = shared.masks(decoded, torch.arange(12))
+        some = shared.masks(decoded, torch.tensor([3, 7]))
+    scale = float(masks.abs().max())
+    assert float((ours - masks).abs().max()) <= 1e-4 * scale
+    assert float((decoded.iou_preds - iou_preds).abs().max()) <= 1e-5
+    assert torch.allclose(some, ours[[3, 7]], rtol=0, atol=1e-6 * scale)
+    assert self_check(sam) <= 1e-5
+
+
+def test_an_internal_that_moved_is_named_with_the_pinned_version() -> None:
+    sam = build_tiny()
+    del sam.mask_decoder.transformer.layers[1].cross_attn_image_to_token.q_proj
+    with pytest.raises(StageUnavailable) as caught:
+        check_internals(sam)
+    message = str(caught.value)
+    assert "mask_decoder.transformer.layers[1].cross_attn_image_to_token.q_proj" in message
+    assert "segment-anything==1.0" in message
+
+
+def build_tiny() -> Any:
+    from tests.tiny_sam import build  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    return build().eval()
+
+
+# -- out of memory --------------------------------------------------------------------------
+
+
+def test_out_of_memory_plan_halves_the_batch_down_to_one_then_uses_the_cpu() -> None:
+    assert retry_steps("mps", 16, 8) == [
+        ("mps", 16), ("mps", 8), ("mps", 4), ("mps", 2), ("mps", 1), ("cpu", 8),
+    ]  # fmt: skip
+    assert retry_steps("cuda", 6, 8) == [("cuda", 6), ("cuda", 3), ("cuda", 1), ("cpu", 8)]
+    assert retry_steps("cpu", 4, 8) == [("cpu", 4), ("cpu", 2), ("cpu", 1)]
+
+
+class FakeAccelerator(Segmenter):
+    """A Segmenter whose "cuda" is the CPU with a fake allocator that has no room at all."""
+
+    places: list[str]
+
+    def _place(self, device: str, batch: int) -> None:
+        self.places.append(device)
+        encoder = self.model.prompt_encoder
+        encoder.room = 0 if device == "cpu" else -1  # -1: not even one prompt
+        encoder.error = torch.OutOfMemoryError
+        super()._place("cpu", batch)
+
+
+def test_out_of_memory_on_the_device_ends_on_the_cpu_with_an_event_each_step(
+    checkpoint: Path,
+) -> None:
+    spec = ModelSpec(
+        "vit_b", str(checkpoint), "cpu", TINY, points_per_side=4, points_per_batch=4,
+        pred_iou_thresh=0.0, stability_score_thresh=0.0,
+    )  # fmt: skip
+    reference = Segmenter(spec).segment(shapes_image(256))
+    events: list[tuple[str, dict[str, Any]]] = []
+    segmenter = FakeAccelerator(spec, lambda event, **fields: events.append((event, fields)))
+    segmenter.places = []
+    segmenter.home = "cuda"
+    masks = segmenter.segment(shapes_image(256))
+    assert [e for e, _ in events] == ["segment_out_of_memory"] * 3
+    steps = [(f["device"], f["batch"], f["retry_device"], f["retry_batch"]) for _, f in events]
+    assert steps == [("cuda", 4, "cuda", 2), ("cuda", 2, "cuda", 1), ("cuda", 1, "cpu", 4)]
+    assert all(f["error"].startswith("OutOfMemoryError: MPS backend out of") for _, f in events)
+    assert segmenter.used == ("cpu", 4)
+    assert segmenter.places == ["cuda", "cuda", "cuda", "cpu"]
+    assert len(masks) == len(reference)
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(masks, reference, strict=True))
+    segmenter.segment(shapes_image(256))  # the next image starts on the device again
+    assert segmenter.places[4] == "cuda"
+
+
+def test_out_of_memory_in_the_encoder_goes_straight_to_the_cpu(checkpoint: Path) -> None:
+    """Before any batch is decoded, a smaller batch cannot help: one event, then the CPU."""
+    spec = ModelSpec(
+        "vit_b", str(checkpoint), "cpu", TINY, points_per_side=4, points_per_batch=4,
+        pred_iou_thresh=0.0, stability_score_thresh=0.0,
+    )  # fmt: skip
+    events: list[dict[str, Any]] = []
+    segmenter = FakeAccelerator(spec, lambda event, **fields: events.append(fields))
+    segmenter.places = []
+    segmenter.home = "cuda"
+    encoder = segmenter.model.image_encoder
+    forward = encoder.forward
+
+    def short_of_memory(x: torch.Tensor) -> torch.Tensor:
+        if segmenter.places[-1] != "cpu":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 768.00 MiB.")
+        return forward(x)
+
+    encoder.forward = short_of_memory
+    assert segmenter.segment(shapes_image(256))
+    assert [(e["device"], e["batch"], e["retry_device"], e["retry_batch"]) for e in events] == [
+        ("cuda", 4, "cpu", 4)
+    ]
+    assert segmenter.used == ("cpu", 4)
+
+
+def test_other_errors_are_not_retried(checkpoint: Path) -> None:
+    spec = ModelSpec("vit_b", str(checkpoint), "cpu", TINY, points_per_side=4)
+    events: list[str] = []
+    segmenter = Segmenter(spec, lambda event, **fields: events.append(event))
+    segmenter.model.prompt_encoder.room = -1
+    segmenter.model.prompt_encoder.error = ValueError
+    with pytest.raises(ValueError, match="MPS backend out of memory"):
+        segmenter.segment(shapes_image(256))
+    assert events == []
 
 
 def test_a_real_format_checkpoint_loads_through_the_users_code_path(tmp_path: Path) -> None:
@@ -240,12 +373,13 @@ def test_missing_checkpoint_disables_segment_only(
         root, server={"url": sdapi.url}, segment={"enabled": True, "checkpoint": str(missing)}
     )
     extra = (
-        "[generate.payload]\nwidth = 64\nheight = 64\n"
-        "[upscale]\nexpect_size = [128, 128]\n"
-        '[[upscale.passes]]\nupscaler = "u.ckpt"\nupscaler_scale = 2\n'
+        "[generate.payload]\nwidth = 128\nheight = 128\n"
+        "[upscale]\nexpect_size = [256, 256]\n"
+        '[[upscale.passes]]\nupscaler = "4x_ultrasharp_f16.ckpt"\nupscaler_scale = 2\n'
+        "strength = 0.0\n"
     )
     cfg = write_config(root.parent / "c.toml", sections, extra)
-    (root / "queue").mkdir()
+    (root / "queue").mkdir(exist_ok=True)
     (root / "queue" / "a.json").write_text(
         json.dumps({"jobs": [{"nation": "N", "category": "c", "prompt": "p", "count": 2}]})
     )
@@ -276,9 +410,10 @@ def test_running_daemon_segments_new_upscales_alongside_the_other_stages(
         },
     )  # fmt: skip
     extra = (
-        "[generate.payload]\nwidth = 64\nheight = 64\n"
-        "[upscale]\nexpect_size = [128, 128]\n"
-        '[[upscale.passes]]\nupscaler = "u.ckpt"\nupscaler_scale = 2\n'
+        "[generate.payload]\nwidth = 128\nheight = 128\n"
+        "[upscale]\nexpect_size = [256, 256]\n"
+        '[[upscale.passes]]\nupscaler = "4x_ultrasharp_f16.ckpt"\nupscaler_scale = 2\n'
+        "strength = 0.0\n"
     )
     cfg = write_config(root.parent / "c.toml", sections, extra)
     proc = spawn([sys.executable, "-m", "tests.tiny_daemon", str(cfg)])
@@ -299,3 +434,38 @@ def test_running_daemon_segments_new_upscales_alongside_the_other_stages(
         assert proc.wait(15) == 0
     done = [e for e in log_lines(root) if e["event"] == "item_done"]
     assert {e["stage"] for e in done} == {"generate", "upscale", "segment"}
+
+
+def test_out_of_memory_in_the_child_is_retried_on_smaller_batches_and_logged_by_the_daemon(
+    root: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real daemon; its segment child's device has room for 2 prompts per batch."""
+    monkeypatch.setenv(ROOM_VARIABLE, "2")  # inherited by the daemon and its child
+    sections = fast_sections(
+        root,
+        generate={"enabled": False},
+        upscale={"enabled": False},
+        segment={
+            "enabled": True, "checkpoint": str(checkpoint), "device": "cpu",
+            "points_per_side": 4, "points_per_batch": 8,
+            "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+        },
+    )  # fmt: skip
+    cfg = write_config(root.parent / "c.toml", sections)
+    source = root / "UPSCALED_IMAGES" / "N" / "c" / "big.png"
+    source.parent.mkdir(parents=True)
+    Image.fromarray(shapes_image(256)).save(source)
+    proc = spawn([sys.executable, "-m", "tests.tiny_daemon", str(cfg), "--once"])
+    assert proc.wait(120) == 0
+    manifest = json.loads((root / "SEGMENTS" / "N" / "c" / "big" / "manifest.json").read_text())
+    assert manifest["decode_batch"] == 2
+    assert manifest["device"] == "cpu"
+    assert manifest["segments"]
+    lines = log_lines(root)
+    oom = [e for e in lines if e["event"] == "segment_out_of_memory"]
+    assert [(e["batch"], e["retry_batch"]) for e in oom] == [(8, 4), (4, 2)]
+    assert all(e["stage"] == "segment" and "big" in e["item"] for e in oom)
+    assert all("MPS backend out of memory" in e["error"] for e in oom)
+    assert [e["stage"] for e in lines if e["event"] == "item_done"] == ["segment"]
+    assert not [e for e in lines if e["event"] == "item_failed"]
+    assert len([e for e in lines if e["event"] == "segment_model_loaded"]) == 1  # no restart

@@ -1,9 +1,17 @@
 """A Segment Anything model built from segment_anything's own modules, small enough to run
-in seconds on a CPU; random weights. Same interfaces as the real vit_b/l/h models."""
+in seconds on a CPU; random weights. Same interfaces as the real vit_b/l/h models (two
+two-way attention blocks in the mask decoder, as theirs).
+
+It can also play a device short of memory: with `EMIF_TINY_SAM_ROOM` set (a test sets it
+before the daemon starts, so the segment child inherits it), or `prompt_encoder.room` set, a
+decode batch of more prompts than that fails as MPS does when it runs out of memory.
+"""
 
 from __future__ import annotations
 
+import os
 from functools import partial
+from typing import Any
 
 import torch
 from segment_anything.modeling import (
@@ -15,9 +23,35 @@ from segment_anything.modeling import (
 )
 
 DIM = 32
+ROOM_VARIABLE = "EMIF_TINY_SAM_ROOM"
+MPS_OUT_OF_MEMORY = (
+    "MPS backend out of memory (MPS allocated: 17.95 GB, other allocations: 1.02 GB, max "
+    "allowed: 18.13 GB). Tried to allocate 256.00 MB on private pool. Use "
+    "PYTORCH_MPS_HIGH_WATERMARK_RATIO=0.0 to disable upper limit for memory allocations "
+    "(may cause system failure)."
+)
+
+
+class ShortOfMemory(PromptEncoder):
+    """A prompt encoder whose device has room for `room` prompts per batch (0: any number)."""
+
+    room = 0
+    error: type[Exception] = RuntimeError
+
+    def forward(self, points: Any, boxes: Any, masks: Any) -> Any:
+        if self.room and points is not None and points[0].shape[0] > self.room:
+            raise self.error(MPS_OUT_OF_MEMORY)
+        return super().forward(points, boxes, masks)
 
 
 def build() -> Sam:
+    prompt_encoder = ShortOfMemory(
+        embed_dim=DIM,
+        image_embedding_size=(64, 64),
+        input_image_size=(1024, 1024),
+        mask_in_chans=8,
+    )
+    prompt_encoder.room = int(os.environ.get(ROOM_VARIABLE, "0"))
     return Sam(
         image_encoder=ImageEncoderViT(
             depth=1,
@@ -33,15 +67,10 @@ def build() -> Sam:
             window_size=0,
             out_chans=DIM,
         ),
-        prompt_encoder=PromptEncoder(
-            embed_dim=DIM,
-            image_embedding_size=(64, 64),
-            input_image_size=(1024, 1024),
-            mask_in_chans=8,
-        ),
+        prompt_encoder=prompt_encoder,
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
-            transformer=TwoWayTransformer(depth=1, embedding_dim=DIM, mlp_dim=64, num_heads=2),
+            transformer=TwoWayTransformer(depth=2, embedding_dim=DIM, mlp_dim=64, num_heads=2),
             transformer_dim=DIM,
             iou_head_depth=2,
             iou_head_hidden_dim=32,

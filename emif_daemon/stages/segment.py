@@ -1,9 +1,10 @@
 """Segment: every PNG under UPSCALED_IMAGES/ → a folder of RGBA cut-outs under SEGMENTS/.
 
-The model runs in a child process owned by this stage (segment_model.py, the only module
-that imports torch), loaded once and kept, restarted if it dies and recycled after
-`segment.recycle_after` images: Segment Anything on MPS leaks memory across images, and a
-crash in it must never take the daemon down.
+The model runs in a child process owned by this stage (segment_model.py and sam_decoder.py,
+the only modules that import torch), loaded once and kept, restarted if it dies and recycled
+after `segment.recycle_after` images: Segment Anything on MPS leaks memory across images, and a
+crash in it must never take the daemon down. Events the child reports on the way (its
+out-of-memory retries, docs/segment.md#out-of-memory) are logged here, in the daemon.
 """
 
 from __future__ import annotations
@@ -92,24 +93,30 @@ class ModelProcess:
         self.log.info("segment_model_loaded", device=detail, pid=self._proc.pid)
 
     def _receive(self, check: Any, timeout: float) -> tuple[str, Any]:
-        """Wait for the child's answer, checking for shutdown and for its death."""
+        """Wait for the child's answer, checking for shutdown and for its death; events the
+        child reports on the way, ("log", event, fields), go to the daemon's log."""
         waited = 0.0
-        while not self._conn.poll(0.2):
-            waited += 0.2
+        while True:
+            while not self._conn.poll(0.2):
+                waited += 0.2
+                try:
+                    check()
+                except (Shutdown, Exception):
+                    self.close()  # a segmentation in flight cannot be interrupted otherwise
+                    raise
+                if not self._proc.is_alive() or waited > timeout:
+                    code = self._proc.exitcode
+                    self.close()
+                    raise TransientError(f"the segment model process died (exit code {code})")
             try:
-                check()
-            except (Shutdown, Exception):
-                self.close()  # a segmentation in flight cannot be interrupted otherwise
-                raise
-            if not self._proc.is_alive() or waited > timeout:
-                code = self._proc.exitcode
+                message = self._conn.recv()
+            except EOFError as exc:
                 self.close()
-                raise TransientError(f"the segment model process died (exit code {code})")
-        try:
-            return self._conn.recv()  # type: ignore[no-any-return]
-        except EOFError as exc:
-            self.close()
-            raise TransientError("the segment model process died mid-answer") from exc
+                raise TransientError("the segment model process died mid-answer") from exc
+            if message[0] != "log":
+                return message  # type: ignore[no-any-return]
+            _, event, fields = message
+            self.log.warning(event, **fields)
 
     def run(self, source: Path, out_dir: Path, check: Any, recycle_after: int) -> dict[str, Any]:
         if self._proc is None or not self._proc.is_alive():
