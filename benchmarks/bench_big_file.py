@@ -29,7 +29,7 @@ def main() -> int:
     args = parser.parse_args()
     server = start_server(args.service)
     root = fresh_root("big-file")
-    (root / "queue").mkdir()
+    (root / "queue").mkdir(exist_ok=True)
     jobs = [
         {"nation": f"Nation{i % 1000}", "category": "family", "prompt": f"scene {i}"}
         for i in range(args.jobs)

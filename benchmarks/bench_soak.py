@@ -29,7 +29,7 @@ def main() -> int:
     server = start_server(0.0)
     server.state.fixed_images = {(256, 256): photo_png(256), (512, 512): photo_png(512)}
     root = fresh_root("soak")
-    (root / "queue").mkdir()
+    (root / "queue").mkdir(exist_ok=True)
     jobs = [{"nation": f"N{n}", "category": "family", "prompt": "p", "count": 100}
             for n in range(args.images // 100)]  # fmt: skip
     cfg = daemon_config(root, server.url)
