@@ -54,12 +54,13 @@ class Claim:
 def read_claim(path: Path) -> dict[str, Any] | None:
     """The claim's content, or None if it is missing or cannot be parsed."""
     try:
-        return _parse_claim(path.read_bytes())
+        return parse_claim(path.read_bytes())
     except OSError:
         return None
 
 
-def _parse_claim(raw: bytes) -> dict[str, Any] | None:
+def parse_claim(raw: bytes) -> dict[str, Any] | None:
+    """A claim's (or lock's) JSON object, or None if it is not one (empty, cut short)."""
     try:
         data = json.loads(raw)
     except ValueError:
@@ -162,7 +163,7 @@ class ClaimStore:
                 raise
             return False
         try:
-            content = _parse_claim(os.pread(fd, 1 << 16, 0))
+            content = parse_claim(os.pread(fd, 1 << 16, 0))
             if content is None or content.get("token") != claim.token:
                 return False
             os.ftruncate(fd, 0)
@@ -275,7 +276,7 @@ class ClaimStore:
             raw = path.read_bytes()
         except FileNotFoundError:
             return None
-        before = _parse_claim(raw)
+        before = parse_claim(raw)
         if self._stale(before, now - mtime) is None:
             return None
         me = self.identity

@@ -19,18 +19,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .claims import parse_claim
 from .clock import ServerClock
 from .files import fsync_dir, rename_noreplace
 from .identity import HostIdentity
 from .logs import get_logger
-
-
-def _parse(raw: bytes) -> dict[str, Any] | None:
-    try:
-        doc = json.loads(raw)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
 
 
 class HostLock:
@@ -71,7 +64,7 @@ class HostLock:
     def holder(self) -> dict[str, Any] | None:
         """Who holds the lock now, as it says; None if nobody does or it cannot be read."""
         with contextlib.suppress(OSError):
-            return _parse(self.path.read_bytes())
+            return parse_claim(self.path.read_bytes())
         return None
 
     def acquire(self) -> bool:
@@ -116,7 +109,7 @@ class HostLock:
             return
         self._beaten = time.monotonic()
         try:
-            holder = _parse(self.path.read_bytes())
+            holder = parse_claim(self.path.read_bytes())
         except FileNotFoundError:
             holder = None
         except OSError:
@@ -157,7 +150,7 @@ class HostLock:
             raw = self.path.read_bytes()
         except FileNotFoundError:
             return True
-        before = _parse(raw)
+        before = parse_claim(raw)
         reason = self.stale_reason(before, now - mtime)
         if reason is None:
             return False
