@@ -50,6 +50,11 @@ def parse_temp_name(name: str) -> tuple[str, int] | None:
     return parts[1], int(parts[2])
 
 
+def final_name(temp: str) -> str:
+    """The final name a temp name (from `temp_name`) stands for."""
+    return temp[1:].rsplit(".", 4)[0]
+
+
 def durable_sync(fd: int) -> None:
     """Flush a file to stable storage. On macOS `fsync` only reaches the drive's cache;
     F_FULLFSYNC flushes that too (and SMB passes it on to the server), where the volume
@@ -248,6 +253,7 @@ def clean_orphans(
     max_age_s: float,
     alive: Callable[[int], bool],
     descend: Callable[[Path], bool] = lambda _folder: True,
+    finish: Callable[[Path, Path], bool] = lambda _tmp, _final: False,
 ) -> list[Path]:
     """Remove temp files and folders left by dead writers; returns what was removed.
 
@@ -255,6 +261,8 @@ def clean_orphans(
     than `max_age_s` by the file server's clock, since we cannot see their processes.
     The walk is iterative (a tree of any depth) and enters only folders `descend` allows,
     so a sweep costs the folders where temp files can be, not every cut-out folder.
+    `finish(tmp, final)` may instead complete a dead writer's publish (True: nothing to
+    remove), for a file that was whole before its writer died.
     """
     removed: list[Path] = []
     stack = list(folders)
@@ -277,6 +285,8 @@ def clean_orphans(
                 continue
             mine = owner[0] == machine
             if (mine and not alive(owner[1])) or (not mine and age > max_age_s):
+                if finish(path, path.with_name(final_name(entry.name))):
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     _remove_tree(path)
                 else:
@@ -300,3 +310,16 @@ def _remove_tree(top: Path) -> None:
     for folder in reversed(folders):
         with contextlib.suppress(OSError):
             folder.rmdir()
+
+
+def finish_sidecar(tmp: Path, final: Path) -> bool:
+    """For the orphan sweep: a sidecar left under its temp name by a host killed between
+    publishing an image and its sidecar goes into place (True); any other temp file is
+    for removal (False)."""
+    if final.suffix != ".json" or final.exists() or not final.with_suffix(".png").exists():
+        return False
+    try:
+        rename_noreplace(tmp, final)
+    except OSError:
+        return False
+    return True

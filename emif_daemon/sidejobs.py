@@ -13,7 +13,7 @@ import psutil
 
 from .config import Config
 from .control import PauseGate
-from .files import clean_orphans
+from .files import clean_orphans, finish_sidecar
 from .hooks import EngineHooks, HostState
 from .hosts import host_id_clash, write_host_report
 from .logs import get_logger
@@ -119,6 +119,7 @@ class DaemonHooks(EngineHooks):
             max_age_s=ORPHAN_MAX_AGE_S,
             alive=psutil.pid_exists,
             descend=layout.may_hold_temp_files if folders is None else lambda _p: False,
+            finish=finish_sidecar,
         )
         for path in removed:
             self.log.info("orphan_removed", path=str(path))

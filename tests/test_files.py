@@ -136,3 +136,25 @@ def test_the_daemons_sweep_looks_only_where_temp_files_can_be(tmp_path: Path) ->
         alive=lambda _pid: False, descend=layout.may_hold_temp_files,
     )  # fmt: skip
     assert sorted(removed) == sorted([where["sidecar"], where["cut-out folder"], where["plan"]])
+
+
+def test_a_sidecar_left_under_its_temp_name_by_a_killed_writer_is_put_in_place(
+    tmp_path: Path,
+) -> None:
+    """Killed between publishing an image and its sidecar: the sidecar was whole and synced
+    under its temp name before the image appeared, so the sweep completes the publish."""
+    from emif_daemon.files import finish_sidecar, write_temp  # noqa: PLC0415
+
+    image = tmp_path / "N_c_1_1.png"
+    image.write_bytes(b"png")
+    sidecar = tmp_path / "N_c_1_1.json"
+    tmp = write_temp(sidecar, b'{"seed": 1}')
+    lone = write_temp(tmp_path / "N_c_2_1.json", b'{"seed": 2}')  # its image never appeared
+    removed = clean_orphans(
+        [tmp_path], machine=MACHINE, server_now=time.time(), max_age_s=60,
+        alive=lambda _pid: False, finish=finish_sidecar,
+    )  # fmt: skip
+    assert sidecar.read_bytes() == b'{"seed": 1}'
+    assert not tmp.exists()
+    assert removed == [lone]
+    assert not lone.exists()

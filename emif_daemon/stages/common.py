@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import PermanentItemError
-from ..files import NotARegularFile, atomic_write_json, png_problem, publish_new, read_regular
+from ..files import (
+    NotARegularFile,
+    fsync_dir,
+    png_problem,
+    publish_new,
+    read_regular,
+    rename_noreplace,
+    write_temp,
+)
 from ..layout import is_input_png
 from ..logs import get_logger
 from ..stage import Discovery, Item, StageContext
@@ -67,21 +76,29 @@ def without_images(payload: dict[str, Any]) -> dict[str, Any]:
 
 def publish_png(output: Path, data: bytes, sidecar: dict[str, Any]) -> None:
     """The PNG under its final name (the commit point), then its sidecar; neither ever
-    replaces a file: FileExistsError if the image is there already.
+    replaces an image: FileExistsError if the image is there already.
 
-    Image first, so a host that lost its claim while paused fails before anything of it
-    shows (docs/protocol.md#commit). A sidecar found in place without its image can only
-    be left over from an attempt that never published: it is replaced, and said so.
+    The sidecar is written and synced under its temp name before the image appears, and
+    renamed into place right after: a host killed in between leaves a whole sidecar under
+    its temp name, which the orphan sweep puts in place (files.finish_sidecar). Image first,
+    so a host that lost its claim while paused fails before anything of it shows
+    (docs/protocol.md#commit). A sidecar found in place without its image can only be left
+    over from an attempt that never published: it is replaced, and said so.
     """
-    publish_new(output, data)
     doc = {**sidecar, "output_sha256": sha256(data)}
     path = output.with_suffix(".json")
     body = (json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False) + "\n").encode()
+    tmp = write_temp(path, body)
     try:
-        publish_new(path, body)
-    except FileExistsError:
-        get_logger().warning("stale_sidecar_replaced", path=str(path))
-        atomic_write_json(path, doc)
+        publish_new(output, data)
+        try:
+            rename_noreplace(tmp, path)
+        except FileExistsError:
+            get_logger().warning("stale_sidecar_replaced", path=str(path))
+            os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _unreadable(folder: Path, exc: OSError) -> None:
