@@ -89,6 +89,17 @@ def generation_model(meta: Mapping[str, Any]) -> str | None:
 
 def _stats(folder: Path) -> dict[str, Stat]:
     """Files in `folder` that are not temporary, with their size and mtime."""
+    return _listed(folder, lambda e: e.path if e.is_file() else None)
+
+
+def _cutout_stats(folder: Path) -> dict[str, Stat]:
+    """Cut-out folders in `folder`, by the stat of their manifest (a folder is published whole)."""
+    return _listed(folder, lambda e: os.path.join(e.path, MANIFEST) if e.is_dir() else None)
+
+
+def _listed(folder: Path, stat_path: Callable[[os.DirEntry[str]], str | None]) -> dict[str, Stat]:
+    """Entries of `folder` that are not temporary, by name, with the size and mtime of the
+    path `stat_path` gives for each (None: not wanted)."""
     out: dict[str, Stat] = {}
     try:
         entries = list(os.scandir(folder))
@@ -98,19 +109,11 @@ def _stats(folder: Path) -> dict[str, Stat]:
         if is_ignored(entry.name):
             continue
         with contextlib.suppress(OSError):
-            if entry.is_file():
-                st = entry.stat()
+            path = stat_path(entry)
+            if path is not None:
+                st = os.stat(path)
                 out[entry.name] = (st.st_size, st.st_mtime_ns)
     return out
-
-
-def _cutout_stats(folder: Path) -> dict[str, Stat]:
-    """Cut-out folders in `folder`, by the stat of their manifest (a folder is published whole)."""
-    out: dict[str, Stat] = {}
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return out
     for entry in entries:
         if is_ignored(entry.name):
             continue
