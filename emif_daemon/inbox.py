@@ -269,6 +269,15 @@ class Inbox:
                 if mine or self.now() - entry.stat().st_mtime > self.stale_s:
                     self._settle(Path(entry.path))
 
+    def unplanned(self) -> int:
+        """Files this host accepted and has not planned yet (the intake lock was busy):
+        work that is coming, so a round that saw none of their items is not idle."""
+        return sum(
+            1
+            for name in list(self._accepting)
+            if (self.layout.accepted / name).exists() and not self.plan_path(name).exists()
+        )
+
     def _settle(self, accepted: Path) -> None:
         """Plan (or reject) an accepted file under the intake lock; if another host holds
         the lock, the next round tries again."""

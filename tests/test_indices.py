@@ -146,3 +146,23 @@ def test_queue_hygiene_any_case_json_and_strays_said_once(root: Path) -> None:
     assert report["problems"][-1] == "$: still being written when it was read? drop it again"
     found = stage.discover()
     assert found.open_count() == 1
+
+
+def test_a_file_accepted_while_the_lock_was_busy_is_work_still_coming(root: Path) -> None:
+    """Two workers of one host: one accepted a file while the other held the intake lock.
+    Until it is planned, rounds must not look idle, or --once would exit before it."""
+    import contextlib  # noqa: PLC0415
+
+    busy = True
+
+    def lock() -> contextlib.AbstractContextManager[bool]:
+        return contextlib.nullcontext(not busy)
+
+    box = Inbox(Layout(root), Expansion("{prompt}", "", {}), lambda _e, _d: None, lock=lock)
+    box.take(drop(root, "a.json", legacy("a working man")))
+    assert box.batches() == []
+    assert box.unplanned() == 1
+    busy = False
+    box.plan_waiting()
+    assert box.unplanned() == 0
+    assert [b.name for b in box.batches()] == ["a.json"]

@@ -230,6 +230,7 @@ class GenerateStage(StageBase):
         if queued:
             now = self.ctx.clock.now()
             found.waiting = sum(1 for p in queued if not self.ctx.settler.ready(p, now))
+        found.waiting += self.inbox.unplanned()
         batches = self.inbox.batches()
         found.items = self._items(batches)
         found.count = sum(len(b.plan) - self._cursor.get(b.name, 0) for b in batches)
