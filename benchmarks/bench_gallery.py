@@ -22,8 +22,8 @@ from common import CACHE, REPO, machine
 
 sys.path.insert(0, str(REPO))
 
-from emif_daemon.gallery import BuildReport, build_gallery
-from emif_daemon.layout import Layout
+from emif_daemon.dataset.gallery import BuildReport, build_gallery
+from emif_daemon.share.layout import Layout
 from tests.fake_dataset import add_image
 
 NATIONS, CATEGORIES = 10, ("family", "working")

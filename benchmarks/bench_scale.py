@@ -25,8 +25,8 @@ from common import CACHE, REPO, machine
 sys.path.insert(0, str(REPO))
 import contextlib
 
-from emif_daemon.layout import Layout
-from emif_daemon.rootmark import init_root
+from emif_daemon.share.layout import Layout
+from emif_daemon.share.root_marker import init_root
 from tests.sdapi_server import make_png
 
 NATIONS, CATEGORIES = 50, ("family", "working")

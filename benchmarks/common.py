@@ -21,8 +21,8 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "benchmarks" / ".cache"
 sys.path.insert(0, str(REPO))
 
-from emif_daemon.layout import Layout  # noqa: E402
-from emif_daemon.rootmark import init_root  # noqa: E402
+from emif_daemon.share.layout import Layout  # noqa: E402
+from emif_daemon.share.root_marker import init_root  # noqa: E402
 from tests import sdapi_server  # noqa: E402
 
 PASSES = [

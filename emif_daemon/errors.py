@@ -1,6 +1,11 @@
-"""Error classes, grouped by what the engine must do with an item when one is raised."""
+"""Every error class of the daemon, grouped by what the engine (or a command) must do when
+one is raised."""
 
 from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 
 class EmifError(Exception):
@@ -43,3 +48,34 @@ class Shutdown(BaseException):
     Inherits from BaseException because it is a shutdown signal: no ``except Exception``
     in stage code may swallow it.
     """
+
+
+# -- the share and its files -------------------------------------------------------------
+
+
+class ShareUnavailable(OSError):
+    """The folder cannot be read at all (a network share that dropped)."""
+
+
+class NotARegularFile(OSError):
+    """A FIFO, device, socket or folder where a file was expected, or a file over the
+    size limit: reading it could block for ever or exhaust memory. No retry helps."""
+
+
+# -- commands ---------------------------------------------------------------------------
+
+
+class NotMacOS(EmifError):
+    """launchctl exists only on macOS."""
+
+
+class LockBusy(EmifError):
+    """Another host is building the gallery."""
+
+    def __init__(self, lock: Path, holder: Mapping[str, Any] | None) -> None:
+        who = holder or {}
+        super().__init__(
+            f"another host ({who.get('host', '?')}, pid {who.get('pid', '?')}, since "
+            f"{who.get('since', '?')}) is building the gallery ({lock}); try again when it "
+            "is done. A lock left by a dead process is broken after coordination.lease_s."
+        )

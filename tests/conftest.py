@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 import structlog
 
-from emif_daemon.layout import Layout
-from emif_daemon.rootmark import init_root
+from emif_daemon.share.layout import Layout
+from emif_daemon.share.root_marker import init_root
 from tests import sdapi_server
 
 REPO = Path(__file__).resolve().parent.parent

@@ -12,7 +12,7 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from emif_daemon.layout import Layout
+from emif_daemon.share.layout import Layout
 
 
 def png(size: int, seed: int, *, alpha: bool = False) -> bytes:

@@ -12,11 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from emif_daemon.allocation import intake_lock
-from emif_daemon.clock import ServerClock
-from emif_daemon.identity import HostIdentity
-from emif_daemon.inbox import Expansion, Inbox
-from emif_daemon.layout import Layout
+from emif_daemon.intake.allocation import intake_lock
+from emif_daemon.intake.inbox import Expansion, Inbox
+from emif_daemon.share.clock import ServerClock
+from emif_daemon.share.identity import HostIdentity
+from emif_daemon.share.layout import Layout
 
 
 def main() -> int:

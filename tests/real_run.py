@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from emif_daemon.failures import FailureLog, FailureRecord
-from emif_daemon.layout import Layout
-from emif_daemon.rootmark import init_root
+from emif_daemon.share.failure_records import FailureLog, FailureRecord
+from emif_daemon.share.layout import Layout
+from emif_daemon.share.root_marker import init_root
 from tests.conftest import fast_sections, serving, spawn, wait_for, write_config
 from tests.tiny_sam import save_checkpoint
 

@@ -1,6 +1,7 @@
-"""The shape of the code, checked: layers, no import circles, small modules, docs in the repo.
+"""The shape of the code, checked: floors, no import circles, small modules, docs in the repo.
 
-cli → daemon (wiring) → stages/ → core; nothing imports a layer above its own.
+Each package (or ground-floor module) stands on a floor (`FLOORS`, docs/architecture.md#floors);
+a module imports only from lower floors, or from its own package.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 import tokenize
 from pathlib import Path
 
-from emif_daemon.engine import Engine
+from emif_daemon.engine.runner import Engine
 
 PACKAGE = Path(__file__).resolve().parent.parent / "emif_daemon"
 REPO = PACKAGE.parent
@@ -52,24 +53,65 @@ def imports_of(path: Path, name: str) -> set[str]:
     return {m for m in found if m in known and m != name}
 
 
-def layer(name: str) -> int:
-    if name == "emif_daemon.cli" or name.startswith("emif_daemon.cli_"):
-        return 3
-    if name == "emif_daemon.daemon":
-        return 2
-    if name.startswith("emif_daemon.stages"):
-        return 1
-    return 0
+# package (or ground-floor module) → floor; the most specific prefix decides
+FLOORS = {
+    "emif_daemon": 0,  # __init__: the version
+    "emif_daemon.errors": 0,
+    "emif_daemon.exit_codes": 0,
+    "emif_daemon.events": 0,
+    "emif_daemon.logs": 0,
+    "emif_daemon.retry": 0,
+    "emif_daemon.png": 0,
+    "emif_daemon.share": 1,
+    "emif_daemon.servers": 1,
+    "emif_daemon.config": 2,
+    "emif_daemon.engine": 3,
+    "emif_daemon.intake": 3,
+    "emif_daemon.macos": 3,
+    "emif_daemon.stages": 4,
+    "emif_daemon.observe": 4,
+    "emif_daemon.dataset": 4,
+    "emif_daemon.daemon": 5,
+    "emif_daemon.cli": 6,
+}
 
 
-def test_nothing_imports_a_layer_above_its_own() -> None:
+def home(name: str) -> str:
+    """The entry of `FLOORS` that a module belongs to."""
+    parts = name.split(".")
+    for n in range(len(parts), 0, -1):
+        prefix = ".".join(parts[:n])
+        if prefix in FLOORS:
+            return prefix
+    raise AssertionError(f"{name} is on no floor: add its package to FLOORS")
+
+
+def test_every_module_has_a_floor() -> None:
+    assert {name: home(name) for name in modules()}
+
+
+def test_nothing_imports_a_floor_above_its_own_or_a_neighbour_on_it() -> None:
     wrong = [
-        f"{name} imports {dep}"
+        f"{name} (floor {FLOORS[home(name)]}) imports {dep} (floor {FLOORS[home(dep)]})"
         for name, path in modules().items()
         for dep in sorted(imports_of(path, name))
-        if layer(dep) > layer(name)
+        if home(dep) != home(name)
+        and FLOORS[home(dep)] >= FLOORS[home(name)]
+        and home(dep) != "emif_daemon"
     ]
     assert wrong == []
+
+
+def test_the_package_tree_stays_a_few_rooms() -> None:
+    """At most 8 modules on the ground floor, at most 15 in any subpackage."""
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert len(top) <= 8, top
+    crowded = {
+        str(folder.relative_to(PACKAGE)): n
+        for folder in PACKAGE.rglob("*")
+        if folder.is_dir() and (n := len(list(folder.glob("*.py")))) > 15
+    }
+    assert crowded == {}
 
 
 def test_there_is_no_import_circle() -> None:
@@ -110,13 +152,21 @@ def test_only_the_segment_model_imports_torch() -> None:
     assert users == {"emif_daemon.stages.segment_model", "emif_daemon.stages.sam_decoder"}
 
 
-def test_no_module_is_over_400_lines() -> None:
+def test_no_module_is_over_400_lines_and_none_is_squeezed() -> None:
+    """Nor kept under the limit by `# fmt: skip` joining lines the formatter would split."""
     long = {
         name: n
         for name, path in modules().items()
         if (n := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
     }
     assert long == {}
+    squeezed = [
+        f"{name}:{n}"
+        for name, path in modules().items()
+        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        if "fmt: skip" in line
+    ]
+    assert squeezed == []
 
 
 def test_the_engine_takes_at_most_8_parameters() -> None:

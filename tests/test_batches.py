@@ -177,5 +177,6 @@ def test_once_gives_up_on_a_server_that_never_answers_with_its_own_exit_code(
     assert time.monotonic() - started < 30
     [gave_up] = [e for e in log_lines(root) if e["event"] == "server_wait_gave_up"]
     assert gave_up["waited_s"] == 1.5
-    assert gave_up["exit_code"] == 3
+    [stopped] = [e for e in log_lines(root) if e["event"] == "daemon_stopped"]
+    assert stopped["exit_code"] == 3
     assert [e for e in log_lines(root) if e["event"] == "item_failed"] == []  # no attempt

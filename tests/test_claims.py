@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from emif_daemon.claims import ClaimStore, read_claim
-from emif_daemon.clock import ServerClock
-from emif_daemon.identity import HostIdentity
+from emif_daemon.share.claims import ClaimStore, read_claim
+from emif_daemon.share.clock import ServerClock
+from emif_daemon.share.identity import HostIdentity
 
 
 def store(root: Path, host: str = "a", lease_s: float = 30.0) -> ClaimStore:

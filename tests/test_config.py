@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from emif_daemon.config import Config, choices_of, load_config, parse_config
+from emif_daemon.config.schema import Config, choices_of, load_config, parse_config
 from emif_daemon.errors import ConfigError
 from tests.conftest import REPO, run_emif
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from emif_daemon.resemblance import similarity, thumbnail
+from emif_daemon.servers.resemblance import similarity, thumbnail
 from tests import sdapi_server
 from tests.conftest import serving
 

@@ -7,12 +7,13 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from emif_daemon.config import parse_config
-from emif_daemon.daemon import StageKit, claim_store, make_kit
-from emif_daemon.engine import EXIT_FAILED, EXIT_OK, Engine, Timing
+from emif_daemon.config.schema import parse_config
+from emif_daemon.daemon.wiring import StageKit, claim_store, make_kit
+from emif_daemon.engine.outcomes import RunOutcome
+from emif_daemon.engine.runner import Engine, Timing
+from emif_daemon.engine.stage import Discovery, Item, StageBase, StageResult, Work
 from emif_daemon.errors import PermanentItemError, TransientError
 from emif_daemon.retry import RetryPolicy, compute_backoff
-from emif_daemon.stage import Discovery, Item, StageBase, StageResult, Work
 from tests.conftest import fast_sections
 from tests.toy_daemon import ToyStage, expected_output
 
@@ -43,13 +44,13 @@ def test_two_engines_in_threads_make_each_of_200_items_exactly_once(root: Path) 
     for host in ("a", "b"):
         rt = runtime(root, host)
         engines.append(engine_for(rt, [ToyStage(rt.ctx, work_s=0.0)]))
-    codes: list[int] = []
+    codes: list[RunOutcome] = []
     threads = [threading.Thread(target=lambda e=e: codes.append(e.run())) for e in engines]
     for t in threads:
         t.start()
     for t in threads:
         t.join(120)
-    assert codes == [EXIT_OK, EXIT_OK]
+    assert codes == [RunOutcome.DRAINED, RunOutcome.DRAINED]
     runs = Counter(line.split()[0] for line in (root / "runs.log").read_text().splitlines())
     assert len(runs) == 200
     assert set(runs.values()) == {1}
@@ -96,7 +97,7 @@ def test_retries_then_fails_and_records_reasons(root: Path) -> None:
     rt = runtime(root, "a")
     stage = FlakyStage(root, fails=2)
     engine = engine_for(rt, [stage])
-    assert engine.run() == EXIT_FAILED
+    assert engine.run() == RunOutcome.PROBLEMS
     assert (root / "transient.out").read_text() == "ok"
     assert stage.calls == {"transient": 3, "permanent": 1, "crash": 3}
     record = (rt.ctx.layout.failed / "flaky" / "permanent.json").read_text()
@@ -104,7 +105,7 @@ def test_retries_then_fails_and_records_reasons(root: Path) -> None:
     assert "ZeroDivisionError" in (rt.ctx.layout.failed / "flaky" / "crash.json").read_text()
     # A failed item is skipped from then on: a second run calls nothing.
     again = FlakyStage(root, fails=0)
-    assert engine_for(runtime(root, "a"), [again]).run() == EXIT_FAILED
+    assert engine_for(runtime(root, "a"), [again]).run() == RunOutcome.PROBLEMS
     assert again.calls == {}
 
 

@@ -12,10 +12,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from emif_daemon.config import parse_config
-from emif_daemon.daemon import StageKit, claim_store, make_kit
-from emif_daemon.drain import DrainDetector
-from emif_daemon.engine import EXIT_OK, Engine, Timing
+from emif_daemon.config.schema import parse_config
+from emif_daemon.daemon.wiring import StageKit, claim_store, make_kit
+from emif_daemon.engine.drain import DrainDetector
+from emif_daemon.engine.hooks import EngineHooks, GuardedHooks
+from emif_daemon.engine.keeper import Keeper
+from emif_daemon.engine.outcomes import ItemOutcome, RunOutcome, Verdict, reason_for, verdict_for
+from emif_daemon.engine.runner import Engine, Timing
+from emif_daemon.engine.stage import Discovery, Item, StageBase, StageResult, Work
+from emif_daemon.engine.usage import ResourceSample
 from emif_daemon.errors import (
     ClaimLost,
     PermanentItemError,
@@ -24,15 +29,11 @@ from emif_daemon.errors import (
     StageUnavailable,
     TransientError,
 )
-from emif_daemon.failures import FailureRecord
-from emif_daemon.hooks import EngineHooks, GuardedHooks, HostState
-from emif_daemon.keeper import Keeper
-from emif_daemon.layout import upscale_output
-from emif_daemon.metrics import ResourceSample
-from emif_daemon.outcomes import ItemOutcome, Verdict, reason_for, verdict_for
 from emif_daemon.retry import RetryPolicy
-from emif_daemon.stage import Discovery, Item, StageBase, StageResult, Work
-from emif_daemon.stages.common import PngTreeDiscovery
+from emif_daemon.share.failure_records import FailureRecord
+from emif_daemon.share.host_reports import HostState
+from emif_daemon.share.layout import upscale_output
+from emif_daemon.stages.image_files import PngTreeDiscovery
 from tests.conftest import fast_sections, wait_for
 from tests.toy_daemon import ToyStage, expected_output
 
@@ -55,9 +56,9 @@ def engine(kit: StageKit, stages: list[Any], hooks: EngineHooks, **timing: float
     )
 
 
-def run_with_deadline(e: Engine, seconds: float = 30.0) -> int:
+def run_with_deadline(e: Engine, seconds: float = 30.0) -> RunOutcome:
     """Run the engine in a thread; fail (after stopping it) if it does not return in time."""
-    codes: list[int] = []
+    codes: list[RunOutcome] = []
     t = threading.Thread(target=lambda: codes.append(e.run()), name="engine-under-test")
     t.start()
     t.join(seconds)
@@ -87,7 +88,7 @@ def test_a_metrics_writer_that_raises_does_not_keep_once_running(root: Path) -> 
     hooks = MetricsWriterDown()
     with capture_logs() as logs:
         code = run_with_deadline(engine(kit, [ToyStage(kit.ctx, work_s=0.0)], hooks))
-    assert code == EXIT_OK
+    assert code == RunOutcome.DRAINED
     for name in ("x", "y", "z"):
         assert (root / "outbox" / f"{name}.out").read_bytes() == expected_output(name)
     assert hooks.calls == 3
@@ -137,7 +138,7 @@ def test_an_on_busy_hook_that_raises_does_not_stop_the_heartbeat(root: Path) -> 
     hooks = SleepGuardBroken()
     stage = HeartbeatWatcher(root, kit.ctx.layout.claims / "watch" / "watched.claim")
     with capture_logs() as logs:
-        assert run_with_deadline(engine(kit, [stage], hooks)) == EXIT_OK
+        assert run_with_deadline(engine(kit, [stage], hooks)) == RunOutcome.DRAINED
     assert len(set(stage.mtimes)) >= 3, "the claim's mtime did not advance: no heartbeat"
     assert hooks.calls >= 2  # the keeper went on calling it after it raised
     assert [e["hook"] for e in logs if e["event"] == "hook_failed"] == ["busy"]
@@ -189,7 +190,9 @@ def test_item_finished_gets_the_outcome_and_the_result(root: Path) -> None:
     (root / "inbox").mkdir()
     (root / "inbox" / "x.txt").write_text("x")
     kit = kit_for(root)
-    assert run_with_deadline(engine(kit, [ToyStage(kit.ctx, 0.0)], Recorder())) == EXIT_OK
+    assert (
+        run_with_deadline(engine(kit, [ToyStage(kit.ctx, 0.0)], Recorder())) == RunOutcome.DRAINED
+    )
     assert seen == [("toy", "x", ItemOutcome.DONE, "outbox/x.out")]
 
 

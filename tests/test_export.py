@@ -13,8 +13,8 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from emif_daemon.export import COLUMNS, export_dataset
-from emif_daemon.layout import Layout
+from emif_daemon.dataset.export import COLUMNS, export_dataset
+from emif_daemon.share.layout import Layout
 from tests.conftest import run_emif
 from tests.fake_dataset import add_failure, make_dataset
 from tests.real_run import real_run

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from emif_daemon.claims import read_claim
+from emif_daemon.share.claims import read_claim
 from tests import sdapi_server
 from tests.conftest import (
     emif_cmd,

@@ -8,18 +8,19 @@ from pathlib import Path
 
 import pytest
 
-from emif_daemon.files import (
+from emif_daemon.macos.power import SleepGuard
+from emif_daemon.png import png_problem
+from emif_daemon.share.atomic import (
     MACHINE,
-    _remove_tree,
     building_dir,
-    clean_orphans,
     parse_temp_name,
-    png_problem,
     publish_dir,
     publish_new,
     temp_name,
+    write_temp,
 )
-from emif_daemon.power import SleepGuard
+from emif_daemon.share.layout import Layout
+from emif_daemon.share.sweep import _remove_tree, clean_orphans, finish_sidecar
 from tests.conftest import wait_for
 from tests.sdapi_server import make_png
 
@@ -116,7 +117,6 @@ def test_the_sweep_walks_a_tree_of_any_depth_without_recursion(tmp_path: Path) -
 
 
 def test_the_daemons_sweep_looks_only_where_temp_files_can_be(tmp_path: Path) -> None:
-    from emif_daemon.layout import Layout  # noqa: PLC0415
 
     layout = Layout(tmp_path)
     layout.ensure()
@@ -143,7 +143,6 @@ def test_a_sidecar_left_under_its_temp_name_by_a_killed_writer_is_put_in_place(
 ) -> None:
     """Killed between publishing an image and its sidecar: the sidecar was whole and synced
     under its temp name before the image appeared, so the sweep completes the publish."""
-    from emif_daemon.files import finish_sidecar, write_temp  # noqa: PLC0415
 
     image = tmp_path / "N_c_1_1.png"
     image.write_bytes(b"png")

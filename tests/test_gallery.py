@@ -22,14 +22,14 @@ import pytest
 import structlog
 from PIL import Image
 
-from emif_daemon.clock import ServerClock
-from emif_daemon.gallery import BuildReport, build_gallery
-from emif_daemon.gallery_refresh import GalleryRefresher, gallery_lock
-from emif_daemon.identity import HostIdentity, machine_tag, process_start
-from emif_daemon.layout import Layout
-from emif_daemon.plan import JobPlan, Plan
-from emif_daemon.rootmark import init_root
-from emif_daemon.thumbnails import SUFFIX, TILE_SHOWN
+from emif_daemon.dataset.gallery import BuildReport, build_gallery
+from emif_daemon.dataset.gallery_refresher import GalleryRefresher, gallery_lock
+from emif_daemon.dataset.thumbnails import SUFFIX, TILE_SHOWN
+from emif_daemon.intake.plans import JobPlan, Plan
+from emif_daemon.share.clock import ServerClock
+from emif_daemon.share.identity import HostIdentity, machine_tag, process_start
+from emif_daemon.share.layout import Layout
+from emif_daemon.share.root_marker import init_root
 from tests import sdapi_server
 from tests.conftest import (
     REPO,
@@ -307,11 +307,11 @@ def test_force_renders_every_page_again_and_reuses_the_thumbnails(root: Path) ->
 
 
 def test_the_templates_ship_with_the_package() -> None:
-    templates = resources.files("emif_daemon") / "templates"
+    templates = resources.files("emif_daemon.dataset") / "templates"
     for name in ("base.html.j2", "overview.html.j2", "group.html.j2", "dataset_card.md.j2"):
         assert (templates / name).is_file(), name
     pyproject = (REPO / "pyproject.toml").read_text()
-    assert re.search(r'emif_daemon = \[[^\]]*"templates/\*\.j2"', pyproject)
+    assert re.search(r'"emif_daemon.dataset" = \[[^\]]*"templates/\*\.j2"', pyproject)
 
 
 # -- one host at a time ----------------------------------------------------------------------

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from emif_daemon.layout import Layout
-from emif_daemon.rootmark import init_root
+from emif_daemon.share.layout import Layout
+from emif_daemon.share.root_marker import init_root
 from tests.conftest import (
     fast_sections,
     log_lines,
@@ -184,7 +184,7 @@ def test_a_server_that_trickles_its_answer_is_cut_off_at_the_read_timeout() -> N
     import threading  # noqa: PLC0415
 
     from emif_daemon.errors import TransientError  # noqa: PLC0415
-    from emif_daemon.sdapi import TXT2IMG, Server, ServerInfo  # noqa: PLC0415
+    from emif_daemon.servers.sdapi import TXT2IMG, Server, ServerInfo  # noqa: PLC0415
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

@@ -13,14 +13,15 @@ from typing import Any
 
 import pytest
 
-from emif_daemon import inbox as inbox_module
-from emif_daemon.cli import main as emif
-from emif_daemon.files import NotARegularFile, read_regular
-from emif_daemon.inbox import Expansion, Inbox, existing_spelling_problems
-from emif_daemon.layout import Layout
-from emif_daemon.names import MAX_NAME_BYTES, longest_name_bytes, name_problem
-from emif_daemon.plan import expand
-from emif_daemon.prompts import Limits, parse
+from emif_daemon.cli.main import main as emif
+from emif_daemon.errors import NotARegularFile
+from emif_daemon.intake import queue_files
+from emif_daemon.intake.inbox import Expansion, Inbox, existing_spelling_problems
+from emif_daemon.intake.plans import expand
+from emif_daemon.intake.prompts import Limits, parse
+from emif_daemon.share.atomic import read_regular
+from emif_daemon.share.layout import Layout
+from emif_daemon.share.names import MAX_NAME_BYTES, longest_name_bytes, name_problem
 
 
 def problems_of(doc: Any) -> list[str]:
@@ -172,14 +173,14 @@ def test_a_file_replaced_while_being_accepted_is_planned_from_what_was_accepted(
     first = json.dumps({"jobs": [job("Italy")]}).encode()
     second = json.dumps({"jobs": [job("Peru", count=3)]}).encode()
     (layout.queue / "a.json").write_bytes(first)
-    real = inbox_module.rename_noreplace
+    real = queue_files.rename_noreplace
 
     def replaced_at_the_last_moment(src: Path, dst: Path) -> None:
         if src.parent == layout.queue:
             src.write_bytes(second)
         real(src, dst)
 
-    monkeypatch.setattr(inbox_module, "rename_noreplace", replaced_at_the_last_moment)
+    monkeypatch.setattr(queue_files, "rename_noreplace", replaced_at_the_last_moment)
     box = Inbox(layout, Expansion("{prompt}", "", {}), lambda _e, _d: None)
     box.take(layout.queue / "a.json")
     accepted = (layout.accepted / "a.json").read_bytes()
@@ -203,7 +204,7 @@ def test_an_invalid_file_found_in_accepted_is_rejected_not_skipped_for_ever(root
 
 
 def test_nan_in_a_config_payload_is_a_config_error(tmp_path: Path) -> None:
-    from emif_daemon.config import parse_config  # noqa: PLC0415
+    from emif_daemon.config.schema import parse_config  # noqa: PLC0415
     from emif_daemon.errors import ConfigError  # noqa: PLC0415
 
     table = {"generate": {"payload": {"cfg_scale": float("nan"), "x": [1.0, float("inf")]}}}

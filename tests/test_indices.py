@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from emif_daemon.inbox import Expansion, Inbox, read_plans
-from emif_daemon.layout import Layout
+from emif_daemon.intake.inbox import Expansion, Inbox, read_plans
+from emif_daemon.share.layout import Layout
 from tests.conftest import REPO
 
 
@@ -123,9 +123,9 @@ def test_two_hosts_accepting_two_files_at_once_never_share_a_name(root: Path) ->
 
 
 def test_queue_hygiene_any_case_json_and_strays_said_once(root: Path) -> None:
-    from emif_daemon.config import parse_config  # noqa: PLC0415
-    from emif_daemon.daemon import make_kit  # noqa: PLC0415
-    from emif_daemon.sdapi import Server  # noqa: PLC0415
+    from emif_daemon.config.schema import parse_config  # noqa: PLC0415
+    from emif_daemon.daemon.wiring import make_kit  # noqa: PLC0415
+    from emif_daemon.servers.sdapi import Server  # noqa: PLC0415
     from emif_daemon.stages.generate import GenerateStage  # noqa: PLC0415
     from tests.conftest import fast_sections  # noqa: PLC0415
 

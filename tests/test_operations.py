@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from emif_daemon import launchd
-from emif_daemon.metrics import COLUMNS
+from emif_daemon.macos import launchd
+from emif_daemon.observe.metrics import COLUMNS
 from tests import sdapi_server
 from tests.conftest import (
     REPO,

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from emif_daemon.claims import read_claim
-from emif_daemon.files import parse_temp_name
+from emif_daemon.share.atomic import parse_temp_name
+from emif_daemon.share.claims import read_claim
 from tests.conftest import fast_sections, log_lines, spawn, toy_cmd, wait_for, write_config
 from tests.toy_daemon import expected_output
 

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emif_daemon.layout import name_problem
-from emif_daemon.plan import expand
-from emif_daemon.prompts import Parsed, parse
+from emif_daemon.intake.plans import expand
+from emif_daemon.intake.prompts import Parsed, parse
+from emif_daemon.share.layout import name_problem
 
 
 def parsed(doc: Any) -> Parsed:

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from emif_daemon.layout import Layout
-from emif_daemon.rootmark import read_marker
+from emif_daemon.share.layout import Layout
+from emif_daemon.share.root_marker import read_marker
 from tests.conftest import emif_cmd, fast_sections, run_emif, spawn, wait_for, write_config
 
 
@@ -112,7 +112,7 @@ def test_operation_not_permitted_names_the_interpreter_to_grant(
     import os  # noqa: PLC0415
     import sys  # noqa: PLC0415
 
-    from emif_daemon import rootmark  # noqa: PLC0415
+    from emif_daemon.share import root_marker as rootmark  # noqa: PLC0415
 
     layout = Layout(tmp_path / "share")
     real_stat = os.stat
@@ -130,7 +130,7 @@ def test_operation_not_permitted_names_the_interpreter_to_grant(
 
 
 def test_launchd_refuses_what_it_would_need_from_a_share_at_login(tmp_path: Path) -> None:
-    from emif_daemon.launchd import network_volume_problems  # noqa: PLC0415
+    from emif_daemon.macos.launchd import network_volume_problems  # noqa: PLC0415
 
     root = tmp_path / "share" / "pipeline"
     problems = network_volume_problems(

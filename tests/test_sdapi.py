@@ -13,14 +13,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from emif_daemon.answers import a1111_info_problem, a1111_maps_problem
-from emif_daemon.config import parse_config
-from emif_daemon.dialects import (
-    dt_payload_problems,
-    guess_kind,
-    merge_payload,
-    override_problems,
-)
+from emif_daemon.config.schema import parse_config
+from emif_daemon.daemon.servers import server_auth
 from emif_daemon.errors import (
     PermanentItemError,
     ServerUnavailable,
@@ -28,9 +22,15 @@ from emif_daemon.errors import (
     StageUnavailable,
     TransientError,
 )
-from emif_daemon.preflight import server_auth
-from emif_daemon.resemblance import band_png, similarity, thumbnail
-from emif_daemon.sdapi import (
+from emif_daemon.servers.answer_checks import a1111_info_problem, a1111_maps_problem
+from emif_daemon.servers.dialects import (
+    dt_payload_problems,
+    guess_kind,
+    merge_payload,
+    override_problems,
+)
+from emif_daemon.servers.resemblance import band_png, similarity, thumbnail
+from emif_daemon.servers.sdapi import (
     EXTRAS,
     IMG2IMG,
     TXT2IMG,

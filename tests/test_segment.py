@@ -15,9 +15,10 @@ import torch
 from PIL import Image
 from segment_anything import sam_model_registry
 
-from emif_daemon.config import parse_config
-from emif_daemon.daemon import claim_store, make_kit
-from emif_daemon.engine import EXIT_OK, Engine, Timing
+from emif_daemon.config.schema import parse_config
+from emif_daemon.daemon.wiring import claim_store, make_kit
+from emif_daemon.engine.outcomes import RunOutcome
+from emif_daemon.engine.runner import Engine, Timing
 from emif_daemon.errors import StageUnavailable
 from emif_daemon.retry import RetryPolicy
 from emif_daemon.stages.sam_decoder import SharedDecoder, check_internals, self_check
@@ -320,7 +321,7 @@ def run_segment_stage(root: Path, checkpoint: Path, cutout_kind: str) -> Path:
         retry=RetryPolicy(max_attempts=1), timing=Timing(rescan_s=0.05, heartbeat_s=0.2),
         once=True,
     )  # fmt: skip
-    assert engine.run() == EXIT_OK
+    assert engine.run() == RunOutcome.DRAINED
     return layout.segments / "Italy" / "family" / "Italy_family_1_1_upscaled_1"
 
 

@@ -7,12 +7,13 @@ import json
 import time
 from pathlib import Path
 
-from emif_daemon.failures import FailureLog, FailureRecord
-from emif_daemon.inbox import Expansion, Inbox
-from emif_daemon.layout import Layout
-from emif_daemon.metrics import COLUMNS
-from emif_daemon.status import collect
-from emif_daemon.status_text import render_table
+from emif_daemon.intake.inbox import Expansion, Inbox
+from emif_daemon.observe.metrics import COLUMNS
+from emif_daemon.observe.status import collect
+from emif_daemon.observe.status_text import render_table
+from emif_daemon.share.clock import utc_stamp
+from emif_daemon.share.failure_records import FailureLog, FailureRecord
+from emif_daemon.share.layout import Layout
 
 
 def accepted_batch(root: Path, count: int) -> None:
@@ -30,7 +31,7 @@ def made(root: Path, n: int, every_s: float, now: float) -> None:
     rows = [",".join(COLUMNS)]
     for i in range(1, n + 1):
         (folder / f"Peru_family_{i}_1.png").write_bytes(b"png")
-        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - (n - i) * every_s))
+        at = utc_stamp(now - (n - i) * every_s)
         rows.append(f"{at},Peru/family/Peru_family_{i},{every_s},{every_s},1,40,1000,done")
     metrics = root / "metrics" / "mac-a" / "generate.csv"
     metrics.parent.mkdir(parents=True, exist_ok=True)

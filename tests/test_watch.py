@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from emif_daemon.watch import Settler, ShareUnavailable, TreeScanner
+from emif_daemon.errors import ShareUnavailable
+from emif_daemon.share.watch import Settler, TreeScanner
 
 TOP = Path("/share")
 

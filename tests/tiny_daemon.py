@@ -7,10 +7,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from emif_daemon.config import load_config
-from emif_daemon.daemon import StageKit, build_stages, enabled_stages, host_id, run_daemon
-from emif_daemon.logs import configure_logging
-from emif_daemon.stage import Stage
+from emif_daemon.cli.run import EXIT_CODE
+from emif_daemon.config.schema import load_config
+from emif_daemon.daemon.wiring import StageKit, build_stages, enabled_stages, host_id, run_daemon
+from emif_daemon.engine.stage import Stage
+from emif_daemon.observe.log_setup import configure_logging
 
 TINY = "tests.tiny_sam:build"
 
@@ -27,7 +28,7 @@ def main() -> int:
     cfg = load_config(Path(args.config))
     host = host_id(cfg)
     configure_logging(host=host, file=cfg.paths.root / "logs" / f"{host}.jsonl", stderr=False)
-    return run_daemon(cfg, once=args.once, stage_factory=stages, config_path=args.config)
+    return EXIT_CODE[run_daemon(cfg, once=args.once, stage_factory=stages, config_path=args.config)]
 
 
 if __name__ == "__main__":

@@ -20,12 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-from emif_daemon.config import load_config
-from emif_daemon.daemon import host_id, run_daemon
-from emif_daemon.files import publish_new, rename_noreplace, temp_name
-from emif_daemon.logs import configure_logging
-from emif_daemon.stage import Discovery, Item, StageBase, StageContext, StageResult, Work
-from emif_daemon.watch import TreeScanner
+from emif_daemon.cli.run import EXIT_CODE
+from emif_daemon.config.schema import load_config
+from emif_daemon.daemon.wiring import host_id, run_daemon
+from emif_daemon.engine.stage import Discovery, Item, StageBase, StageContext, StageResult, Work
+from emif_daemon.observe.log_setup import configure_logging
+from emif_daemon.share.atomic import publish_new, rename_noreplace, temp_name
+from emif_daemon.share.watch import TreeScanner
 
 CHUNKS = 8
 CHUNK = b"0123456789abcdef" * 4096  # 64 KiB
@@ -101,12 +102,14 @@ def main() -> int:
     if cfg.logging.file:  # a test that fills the share keeps its log elsewhere
         log = Path(args.config).parent / cfg.logging.file
     configure_logging(host=host, file=log, stderr=False)
-    return run_daemon(
-        cfg,
-        once=args.once,
-        stage_factory=lambda kit: [ToyStage(kit.ctx, args.work_s, args.pause_in_commit)],
-        config_path=args.config,
-    )
+    return EXIT_CODE[
+        run_daemon(
+            cfg,
+            once=args.once,
+            stage_factory=lambda kit: [ToyStage(kit.ctx, args.work_s, args.pause_in_commit)],
+            config_path=args.config,
+        )
+    ]
 
 
 if __name__ == "__main__":

@@ -12,34 +12,29 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..allocation import intake_lock
-from ..answers import a1111_info_problem, a1111_maps_problem
-from ..batches import FixResult, failed_items, fix_batch
-from ..config import GenerateConfig
-from ..dialects import guess_kind, merge_payload
-from ..errors import PermanentItemError, TransientError
-from ..failures import FailureLog
-from ..files import NotARegularFile, png_problem, read_regular
-from ..findings import Use
-from ..inbox import (
-    Batch,
-    BatchSummary,
-    Expansion,
-    Inbox,
-    queued_files,
-    stray_files,
-    undo_stranded_moves,
-)
-from ..layout import is_input_png
-from ..logs import get_logger
-from ..plan import PlannedItem
-from ..preflight import Preflight
-from ..prompts import Limits
-from ..sdapi import TXT2IMG, Server
-from ..stage import Discovery, Item, StageBase, StageContext, StageResult, Work
-from ..watch import TreeScanner
-from ..zoo import upscale_factor
-from .common import publish_png, utc_iso, without_images
+from emif_daemon.config.schema import GenerateConfig
+from emif_daemon.engine.stage import Discovery, Item, StageBase, StageContext, StageResult, Work
+from emif_daemon.errors import NotARegularFile, PermanentItemError, TransientError
+from emif_daemon.intake.allocation import intake_lock
+from emif_daemon.intake.batches import FixResult, failed_items, fix_batch
+from emif_daemon.intake.inbox import Batch, BatchSummary, Expansion, Inbox
+from emif_daemon.intake.plans import PlannedItem, build_payload
+from emif_daemon.intake.prompts import Limits
+from emif_daemon.intake.queue_files import queued_files, stray_files, undo_stranded_moves
+from emif_daemon.logs import get_logger
+from emif_daemon.png import png_problem
+from emif_daemon.servers.answer_checks import a1111_info_problem, a1111_maps_problem
+from emif_daemon.servers.dialects import guess_kind
+from emif_daemon.servers.drawthings_files import upscale_factor
+from emif_daemon.servers.preflight.check import Preflight
+from emif_daemon.servers.preflight.checklist import Use
+from emif_daemon.servers.sdapi import TXT2IMG, Server
+from emif_daemon.share.atomic import read_regular
+from emif_daemon.share.clock import utc_stamp
+from emif_daemon.share.failure_records import FailureLog
+from emif_daemon.share.layout import is_input_png
+from emif_daemon.share.watch import TreeScanner
+from emif_daemon.stages.image_files import publish_png, without_images
 
 
 def expected_size(payload: dict[str, Any], kind: str | None = None) -> tuple[int, int] | None:
@@ -66,20 +61,6 @@ def expected_size(payload: dict[str, Any], kind: str | None = None) -> tuple[int
         return (rx or ry * w // h, ry or rx * h // w)  # one side alone keeps the aspect
     scale = payload.get("hr_scale", 2.0)
     return (int(w * scale), int(h * scale)) if isinstance(scale, int | float) else None
-
-
-def build_payload(base: dict[str, Any], item: PlannedItem) -> dict[str, Any]:
-    """[generate.payload] ⊕ the job's overrides ⊕ the computed fields; the seed is always ours.
-
-    An override spelled as an alias of the recipe's key (`cfg_scale` over `guidance_scale`)
-    replaces it, so one key is sent (docs/servers.md#payloads).
-    """
-    return {
-        **merge_payload(base, item.payload),
-        "prompt": item.prompt,
-        "negative_prompt": item.negative_prompt,
-        "seed": item.seed,
-    }
 
 
 class GenerateStage(StageBase):
@@ -276,8 +257,8 @@ class GenerateStage(StageBase):
             "host": self.ctx.host,
             "source": item.batch,
             "source_entry": planned.loc,
-            "started_at": utc_iso(started),
-            "finished_at": utc_iso(),
+            "started_at": utc_stamp(started),
+            "finished_at": utc_stamp(),
             "seconds": round(time.time() - started, 3),
             "server_seconds": round(answer.seconds, 3),
         }

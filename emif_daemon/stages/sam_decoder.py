@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..errors import StageUnavailable
+from emif_daemon.errors import StageUnavailable
 
 PINNED_VERSION = "1.0"  # segment-anything, as pinned in pyproject.toml
 _ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj", "num_heads")

@@ -15,14 +15,15 @@ import multiprocessing
 from pathlib import Path
 from typing import Any
 
-from ..config import SegmentConfig
-from ..errors import PermanentItemError, Shutdown, StageUnavailable, TransientError
-from ..files import atomic_write_json, building_dir, publish_dir
-from ..layout import segment_output
-from ..logs import get_logger
-from ..stage import Discovery, Item, StageBase, StageContext, StageResult, Work
-from .common import PngTreeDiscovery, read_source_png, sha256, sha256_file, utc_iso
-from .segment_spec import ModelSpec
+from emif_daemon.config.schema import SegmentConfig
+from emif_daemon.engine.stage import Discovery, Item, StageBase, StageContext, StageResult, Work
+from emif_daemon.errors import PermanentItemError, Shutdown, StageUnavailable, TransientError
+from emif_daemon.logs import get_logger
+from emif_daemon.share.atomic import atomic_write_json, building_dir, publish_dir
+from emif_daemon.share.clock import utc_stamp
+from emif_daemon.share.layout import segment_output
+from emif_daemon.stages.image_files import PngTreeDiscovery, read_source_png, sha256, sha256_file
+from emif_daemon.stages.segment_spec import ModelSpec
 
 __all__ = ["ModelProcess", "ModelSpec", "SegmentStage", "checkpoint_problem"]
 
@@ -38,7 +39,7 @@ READY_TIMEOUT_S = 600.0  # loading vit_h from a network share can take minutes
 
 def child_main(conn: Any, spec: ModelSpec) -> None:
     """Entry point of the model process; torch is imported here, never in the daemon."""
-    from .segment_model import serve  # noqa: PLC0415
+    from emif_daemon.stages.segment_model import serve  # noqa: PLC0415
 
     serve(conn, spec)
 
@@ -201,7 +202,7 @@ class SegmentStage(StageBase):
         source = read_source_png(item.source, self.name)
         if self._checkpoint_sha is None:
             self._checkpoint_sha = self._checkpoint_sha256()
-        started = utc_iso()
+        started = utc_stamp()
         output = item.outputs[0]
         with building_dir(output) as tmp:
             try:
@@ -220,7 +221,7 @@ class SegmentStage(StageBase):
                 "min_area_fraction": self.spec.min_area_fraction,
                 "host": self.ctx.host,
                 "started_at": started,
-                "finished_at": utc_iso(),
+                "finished_at": utc_stamp(),
                 "seconds": result["model_seconds"],
                 **result,
             }

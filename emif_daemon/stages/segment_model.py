@@ -38,9 +38,9 @@ from segment_anything.utils.amg import (
 from segment_anything.utils.transforms import ResizeLongestSide
 from torch.nn import functional as F
 
-from ..errors import PermanentItemError, StageUnavailable
-from .sam_decoder import SharedDecoder, self_check
-from .segment_spec import ModelSpec, retry_steps
+from emif_daemon.errors import PermanentItemError, StageUnavailable
+from emif_daemon.stages.sam_decoder import SharedDecoder, self_check
+from emif_daemon.stages.segment_spec import ModelSpec, retry_steps
 
 WORKING_SIDE = 1024  # SAM's encoder input size
 # Prompts decoded per batch when the config says 0; batching does not change which masks come
@@ -256,8 +256,14 @@ class Segmenter:
                 error = f"{type(exc).__name__}: {str(exc)[:300]}"
             steps = steps if self.generator.decoded else steps[-1:]
             free_memory(device)  # out of the except block, whose traceback held the tensors
-            self.notify("segment_out_of_memory", device=device, batch=batch, error=error,
-                        retry_device=steps[0][0], retry_batch=steps[0][1])  # fmt: skip
+            self.notify(
+                "segment_out_of_memory",
+                device=device,
+                batch=batch,
+                error=error,
+                retry_device=steps[0][0],
+                retry_batch=steps[0][1],
+            )
         return self._attempt(image, *steps[0])
 
     @torch.inference_mode()

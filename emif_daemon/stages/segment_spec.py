@@ -7,7 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from ..config import SegmentConfig
+from emif_daemon.config.schema import SegmentConfig
 
 GENERATOR_SETTINGS = (
     "points_per_side",

@@ -13,17 +13,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..answers import a1111_info_problem, a1111_maps_problem
-from ..config import UpscaleConfig
-from ..errors import PermanentItemError, TransientError
-from ..files import png_problem, png_shape, png_size
-from ..findings import Use
-from ..layout import upscale_output
-from ..preflight import Preflight, pass_uses
-from ..resemblance import Thumb, similarity, thumbnail
-from ..sdapi import EXTRAS, IMG2IMG, Answer, Server
-from ..stage import Discovery, Item, StageBase, StageContext, StageResult, Work
-from .common import PngTreeDiscovery, publish_png, read_source_png, sha256, utc_iso
+from emif_daemon.config.schema import UpscaleConfig
+from emif_daemon.engine.stage import Discovery, Item, StageBase, StageContext, StageResult, Work
+from emif_daemon.errors import PermanentItemError, TransientError
+from emif_daemon.png import png_problem, png_shape, png_size
+from emif_daemon.servers.answer_checks import a1111_info_problem, a1111_maps_problem
+from emif_daemon.servers.preflight.check import Preflight, pass_uses
+from emif_daemon.servers.preflight.checklist import Use
+from emif_daemon.servers.resemblance import Thumb, similarity, thumbnail
+from emif_daemon.servers.sdapi import EXTRAS, IMG2IMG, Answer, Server
+from emif_daemon.share.clock import utc_stamp
+from emif_daemon.share.layout import upscale_output
+from emif_daemon.stages.image_files import PngTreeDiscovery, publish_png, read_source_png, sha256
 
 
 def pass_payload(
@@ -91,9 +92,13 @@ class UpscaleStage(StageBase):
             payload = pass_payload(use.payload, current, use.endpoint)
             path = EXTRAS if use.endpoint == "extras" else IMG2IMG
             answer = self.server.post(
-                path, payload, priority=self.priority, expect=1, init_image=current,
+                path,
+                payload,
+                priority=self.priority,
+                expect=1,
+                init_image=current,
                 check=work.check,
-            )  # fmt: skip
+            )
             server_seconds += answer.seconds
             self._check_answer(n, use, payload, answer)
             after = self._thumb(answer.images[0], f"pass {n} answer", TransientError)
@@ -117,8 +122,8 @@ class UpscaleStage(StageBase):
             "server_url": self.server.url,
             "server_kind": info.kind if info else None,
             "host": self.ctx.host,
-            "started_at": utc_iso(started),
-            "finished_at": utc_iso(),
+            "started_at": utc_stamp(started),
+            "finished_at": utc_stamp(),
             "seconds": round(time.time() - started, 3),
             "server_seconds": round(server_seconds, 3),
         }

@@ -16,7 +16,7 @@ import os
 import sys
 from typing import Any
 
-from emif_daemon.cli import main
+from emif_daemon.cli.main import main
 
 _open = os.open
 

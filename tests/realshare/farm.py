@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emif_daemon.claims import read_claim
-from emif_daemon.files import parse_temp_name, png_shape, png_size
+from emif_daemon.png import png_shape, png_size
+from emif_daemon.share.atomic import parse_temp_name
+from emif_daemon.share.claims import read_claim
 from tests import sdapi_server
 from tests.conftest import emif_cmd, run_emif, spawn, write_config
 

@@ -1,0 +1,1 @@
+"""config.toml → frozen, validated dataclasses (docs/configuration.md)."""

@@ -1,0 +1,192 @@
+"""The plan of an accepted prompts file: its items, stored per job and made on demand.
+
+A file of 1 000 jobs × 10 000 images is 10 M items; the plan keeps the 1 000 jobs and
+derives item n when asked, so memory grows with jobs, not items, and `items(start)` lets
+a reader resume where it left off instead of scanning every item each time.
+Deterministic: every host derives the same plan from the same accepted bytes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import itertools
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from emif_daemon.intake.prompts import MAX_SEED, Parsed, index_ranges
+from emif_daemon.servers.dialects import merge_payload
+
+PLAN_VERSION = 2
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedItem:
+    """One server answer: `images` PNGs named <N>_<c>_<index>_<k>.png, k = 1…images."""
+
+    key: str
+    nation: str
+    category: str
+    index: int
+    prompt: str
+    negative_prompt: str
+    seed: int
+    payload: dict[str, Any]
+    images: int
+    loc: str
+
+    def output_names(self) -> list[str]:
+        stem = f"{self.nation}_{self.category}_{self.index}"
+        return [f"{self.nation}/{self.category}/{stem}_{k}.png" for k in range(1, self.images + 1)]
+
+
+@dataclass(frozen=True, slots=True)
+class JobPlan:
+    """One entry of the file, its final prompt made once (not once per image)."""
+
+    loc: str
+    nation: str
+    category: str
+    first: int  # index of its first image
+    count: int
+    prompt: str
+    negative_prompt: str
+    seed: int | None  # None: each item's seed is derived from the file and the item
+    payload: dict[str, Any]
+    images: int
+
+    def item(self, index: int, file_sha: str) -> PlannedItem:
+        key = f"{self.nation}/{self.category}/{self.nation}_{self.category}_{index}"
+        if self.seed is not None:
+            seed = (self.seed + index - 1) % (MAX_SEED + 1)
+        else:
+            seed = derived_seed(file_sha, key)
+        return PlannedItem(
+            key,
+            self.nation,
+            self.category,
+            index,
+            self.prompt,
+            self.negative_prompt,
+            seed,
+            self.payload,
+            self.images,
+            self.loc,
+        )
+
+
+@dataclass(frozen=True)
+class Plan:
+    source: str
+    sha256: str
+    jobs: tuple[JobPlan, ...]
+    _starts: list[int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        starts = list(itertools.accumulate((j.count for j in self.jobs), initial=0))
+        object.__setattr__(self, "_starts", starts)  # frozen: set once, here
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def items(self, start: int = 0) -> Iterator[PlannedItem]:
+        """Items in file order from position `start` (0 = the first)."""
+        starts = self._starts
+        j = max(0, bisect.bisect_right(starts, start) - 1)
+        offset = start - starts[j] if j < len(self.jobs) else 0
+        for job in self.jobs[j:]:
+            for index in range(job.first + offset, job.first + job.count):
+                yield job.item(index, self.sha256)
+            offset = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": PLAN_VERSION,
+            "source": self.source,
+            "sha256": self.sha256,
+            "jobs": [asdict(j) for j in self.jobs],
+        }
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Plan:
+        """Also reads the first format, a list of items (each becomes a job of one)."""
+        if doc.get("version") == PLAN_VERSION:
+            return cls(doc["source"], doc["sha256"], tuple(JobPlan(**j) for j in doc["jobs"]))
+        jobs = tuple(
+            JobPlan(
+                i["loc"],
+                i["nation"],
+                i["category"],
+                i["index"],
+                1,
+                i["prompt"],
+                i["negative_prompt"],
+                i["seed"],
+                i["payload"],
+                i["images"],
+            )
+            for i in doc["items"]
+        )
+        return cls(doc["source"], doc["sha256"], jobs)
+
+
+def build_payload(base: dict[str, Any], item: PlannedItem) -> dict[str, Any]:
+    """[generate.payload] ⊕ the job's overrides ⊕ the computed fields; the seed is always ours.
+
+    An override spelled as an alias of the recipe's key (`cfg_scale` over `guidance_scale`)
+    replaces it, so one key is sent (docs/servers.md#payloads).
+    """
+    return {
+        **merge_payload(base, item.payload),
+        "prompt": item.prompt,
+        "negative_prompt": item.negative_prompt,
+        "seed": item.seed,
+    }
+
+
+def images_per_answer(payload: dict[str, Any]) -> int:
+    """batch_size × batch_count (n_iter in A1111)."""
+    size = payload.get("batch_size", 1)
+    count = payload.get("batch_count", payload.get("n_iter", 1))
+    ok = all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in (size, count))
+    return size * count if ok else 1
+
+
+def derived_seed(file_sha: str, key: str) -> int:
+    """A seed for an item whose job gives none: as good as random, and the same on every host,
+    so hosts that expand the same accepted file agree without talking."""
+    digest = hashlib.sha256(f"{file_sha}:{key}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def expand(
+    parsed: Parsed,
+    *,
+    file_sha: str,
+    template: str,
+    negative_default: str,
+    base_payload: dict[str, Any],
+    source: str = "",
+    taken: Mapping[tuple[str, str], int] | None = None,
+) -> Plan:
+    """The plan of a valid file, in file order; its indices start after those `taken`
+    (the highest index per nation/category already planned or present)."""
+    jobs = tuple(
+        JobPlan(
+            loc=job.loc,
+            nation=job.nation,
+            category=job.category,
+            first=first,
+            count=job.count,
+            prompt=template.replace("{prompt}", job.prompt),
+            negative_prompt=(
+                job.negative_prompt if job.negative_prompt is not None else negative_default
+            ),
+            seed=job.seed,
+            payload=job.payload,
+            images=images_per_answer({**base_payload, **job.payload}),
+        )
+        for job, first, _last in index_ranges(parsed.jobs, taken)
+    )
+    return Plan(source, file_sha, jobs)

@@ -1,0 +1,68 @@
+"""What an answer says really ran, checked against what was asked.
+
+(docs/servers.md#checks-after-each-answer)
+
+AUTOMATIC1111 drops a checkpoint override that is not an exact name, and a refiner or a
+ControlNet it cannot load, and still answers HTTP 200; its `info` and the detected maps that
+ControlNet appends are the only trace. Draw Things reports nothing of the kind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from emif_daemon.servers.dialects import checkpoint_stem
+
+
+def _same_checkpoint(asked: str, name: Any, short_hash: Any) -> bool:
+    if isinstance(name, str) and checkpoint_stem(asked) == name:
+        return True
+    if isinstance(short_hash, str) and short_hash:
+        return asked == short_hash or asked.endswith(f"[{short_hash}]")
+    return False
+
+
+def a1111_info_problem(payload: Mapping[str, Any], info: Mapping[str, Any] | None) -> str | None:
+    """Why A1111's `info` shows the job ran on another checkpoint or without the refiner."""
+    if info is None:
+        return None
+    override = payload.get("override_settings")
+    asked = override.get("sd_model_checkpoint") if isinstance(override, Mapping) else None
+    used = info.get("sd_model_name")
+    if isinstance(asked, str) and not _same_checkpoint(asked, used, info.get("sd_model_hash")):
+        return (
+            f'asked for checkpoint "{asked}" but AUTOMATIC1111 ran "{used}" (a name that is not '
+            "exact is silently dropped); fix override_settings.sd_model_checkpoint"
+        )
+    refiner, switch = payload.get("refiner_checkpoint"), payload.get("refiner_switch_at")
+    if isinstance(refiner, str) and refiner and isinstance(switch, int | float) and 0 < switch < 1:
+        extra = info.get("extra_generation_params")
+        ran = extra.get("Refiner") if isinstance(extra, Mapping) else None
+        if not isinstance(ran, str) or checkpoint_stem(ran) != checkpoint_stem(refiner):
+            return (
+                f'asked for refiner "{refiner}" but AUTOMATIC1111 ran '
+                f"{f'{ran!r}' if ran else 'none'}; check refiner_checkpoint"
+            )
+    return None
+
+
+def a1111_maps_problem(payload: Mapping[str, Any], extra_images: int) -> str | None:
+    """ControlNet appends one detected map per unit it ran (unless save_detected_map is
+    false, or under the SD upscale script): fewer maps than units means it did not run."""
+    scripts = payload.get("alwayson_scripts")
+    spec = scripts.get("controlnet") if isinstance(scripts, Mapping) else None
+    units = spec.get("args") if isinstance(spec, Mapping) else None
+    if not isinstance(units, list) or str(payload.get("script_name", "")).lower() == "sd upscale":
+        return None
+    want = sum(
+        1
+        for u in units
+        if isinstance(u, Mapping) and u.get("enabled") is True and u.get("save_detected_map", True)
+    )
+    if want and extra_images < want:
+        return (
+            f"AUTOMATIC1111 returned {extra_images} ControlNet map(s) for {want} unit(s): "
+            "ControlNet did not run; check the unit's model name against /controlnet/model_list"
+        )
+    return None

@@ -1,0 +1,2 @@
+"""The shared root and its protocol: paths, names, claims, locks, atomic files, the file
+server's clock, discovery (docs/protocol.md)."""
