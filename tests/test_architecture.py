@@ -229,3 +229,23 @@ def anchors(doc: Path) -> set[str]:
             title = re.sub(r"[^\w\- ]", "", title)
             out.add(title.replace(" ", "-"))
     return out
+
+
+# Knowledge with one owner: the text that spells it, and the only module allowed to.
+ONE_HOME = {
+    r"\.plan\.json": "intake/plans.py",  # where plans live: read and written there alone
+    r"%Y-%m-%dT%H:%M:%S": "share/clock.py",  # the UTC timestamp format
+    r"^\s*(EXIT_\w+|OK|FAILED|USAGE|SERVER_DOWN)\s*(:\s*int\s*)?=\s*\d": "exit_codes.py",
+}
+
+
+def test_each_piece_of_knowledge_is_spelled_in_one_module() -> None:
+    found = {
+        pattern: sorted(
+            str(path.relative_to(PACKAGE))
+            for path in PACKAGE.rglob("*.py")
+            if re.search(pattern, path.read_text(encoding="utf-8"), re.M)
+        )
+        for pattern in ONE_HOME
+    }
+    assert found == {pattern: [home] for pattern, home in ONE_HOME.items()}

@@ -17,8 +17,8 @@ from emif_daemon.config.schema import load_config, resolve_config_path
 from emif_daemon.daemon.wiring import host_id
 from emif_daemon.intake.allocation import index_use, intake_lock, overlap_problems
 from emif_daemon.intake.batches import FixResult, cancel_batch, fix_batch
-from emif_daemon.intake.inbox import Expansion, existing_spelling_problems, read_plans
-from emif_daemon.intake.plans import build_payload, expand
+from emif_daemon.intake.inbox import Expansion, existing_spelling_problems
+from emif_daemon.intake.plans import build_payload, expand, read_plans
 from emif_daemon.intake.prompts import Job, Limits, parse
 from emif_daemon.servers.dialects import jobs_problems
 from emif_daemon.share.atomic import publish_new

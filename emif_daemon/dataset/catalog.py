@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from emif_daemon.intake.plans import Plan, PlannedItem
+from emif_daemon.intake.plans import Plan, PlannedItem, read_plans
 from emif_daemon.png import png_size
 from emif_daemon.share.failure_records import FailureLog, FailureRecord
 from emif_daemon.share.layout import STAGES, UPSCALED_SUFFIX, Layout, is_ignored, is_input_png
@@ -235,10 +235,7 @@ class PlanIndex:
 
     def _load(self) -> list[Plan]:
         if self._plans is None:
-            self._plans = []
-            for path in sorted(self.layout.jobs.glob("*.plan.json")):
-                with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-                    self._plans.append(Plan.from_json(json.loads(path.read_bytes())))
+            self._plans = read_plans(self.layout)
         return self._plans
 
     def __call__(self, key: str) -> PlannedItem | None:

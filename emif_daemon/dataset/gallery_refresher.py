@@ -12,17 +12,15 @@ At shutdown the pending groups get one last build, bounded by `final_s`.
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
 from typing import Any
 
 from emif_daemon.dataset.catalog import group_of
 from emif_daemon.dataset.gallery import BuildReport, build_gallery
 from emif_daemon.errors import LockBusy
-from emif_daemon.intake.plans import Plan
+from emif_daemon.intake.plans import read_plan
 from emif_daemon.logs import get_logger
 from emif_daemon.share.clock import ServerClock
 from emif_daemon.share.identity import HostIdentity
@@ -80,10 +78,8 @@ def build_with_lock(
 
 def groups_of_batch(layout: Layout, name: str) -> set[str]:
     """The groups of a finished prompts file, from its plan (empty if it cannot be read)."""
-    path = layout.jobs / (Path(name).stem + ".plan.json")
-    try:
-        plan = Plan.from_json(json.loads(path.read_bytes()))
-    except (OSError, ValueError, TypeError, KeyError):
+    plan = read_plan(layout, name)
+    if plan is None:
         return set()
     return {f"{job.nation}/{job.category}" for job in plan.jobs}
 

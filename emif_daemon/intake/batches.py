@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from emif_daemon.intake.inbox import Expansion
-from emif_daemon.intake.plans import Plan, expand
+from emif_daemon.intake.plans import Plan, expand, read_plan, replace_plan
 from emif_daemon.intake.prompts import parse
 from emif_daemon.intake.queue_files import unique_name
 from emif_daemon.share.atomic import atomic_write, atomic_write_json, rename_noreplace
@@ -40,16 +39,6 @@ def batch_file(layout: Layout, name: str) -> Path | None:
         if (folder / name).is_file():
             return folder / name
     return None
-
-
-def read_plan(layout: Layout, name: str) -> Plan | None:
-    with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-        return Plan.from_json(json.loads(plan_path(layout, name).read_bytes()))
-    return None
-
-
-def plan_path(layout: Layout, name: str) -> Path:
-    return layout.jobs / (Path(name).stem + ".plan.json")
 
 
 def failed_items(layout: Layout, name: str) -> list[str]:
@@ -110,7 +99,7 @@ def fix_batch(layout: Layout, exp: Expansion, name: str, data: bytes) -> FixResu
     kept = Plan(name, sha, tuple(replace(j, first=w.first) for w, j in pairs))
     failed = failed_items(layout, name)
     # The plan first: from here on a retried item is made with the new payload.
-    atomic_write_json(plan_path(layout, name), kept.to_json())
+    replace_plan(layout, name, kept)
     log = FailureLog(layout.failed, GENERATE)
     for key in failed:
         forget_broken(layout.broken, GENERATE, key)

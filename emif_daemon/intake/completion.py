@@ -11,8 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from emif_daemon.events import EventSink
-from emif_daemon.intake.inbox import read_plans
-from emif_daemon.intake.plans import Plan
+from emif_daemon.intake.plans import Plan, PlanBook, plan_path
 from emif_daemon.logs import get_logger
 from emif_daemon.share.atomic import publish_new
 from emif_daemon.share.failure_records import FailureLog
@@ -93,6 +92,7 @@ class BatchSummaries:
         self.log = get_logger()
         self._last: float | None = None
         self._said: set[str] = set()
+        self.book = PlanBook(layout)
 
     def check(self, *, now: bool = False) -> None:
         """Look at finished batches, at most every `every_s` unless `now`."""
@@ -100,7 +100,7 @@ class BatchSummaries:
         if "generate" not in self.stages or not (now or due):
             return
         self._last = self.clock()
-        for plan in read_plans(self.layout):
+        for plan in self.book.plans():
             finished = self.layout.done / plan.source
             marker = self.layout.jobs / (Path(plan.source).stem + ".complete.json")
             if plan.source in self._said or not finished.exists() or marker.exists():
@@ -112,7 +112,7 @@ class BatchSummaries:
             self._publish(plan, finished, marker, summary)
 
     def _publish(self, plan: Plan, finished: Path, marker: Path, summary: dict[str, Any]) -> None:
-        accepted = self.layout.jobs / (Path(plan.source).stem + ".plan.json")
+        accepted = plan_path(self.layout, plan.source)
         started = accepted.stat().st_mtime if accepted.exists() else finished.stat().st_mtime
         doc = {
             "file": plan.source,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -21,13 +20,12 @@ from typing import Any
 from emif_daemon.errors import NotARegularFile
 from emif_daemon.events import EventSink
 from emif_daemon.intake.allocation import index_use, overlap_problems
-from emif_daemon.intake.plans import Plan, expand
+from emif_daemon.intake.plans import Plan, PlanBook, expand, has_plan, publish_plan
 from emif_daemon.intake.prompts import DEFAULT_LIMITS, Limits, parse
 from emif_daemon.intake.queue_files import is_prompts_name, move_unique
 from emif_daemon.logs import get_logger
 from emif_daemon.share.atomic import (
     atomic_write_json,
-    publish_new,
     read_regular,
 )
 from emif_daemon.share.layout import Layout, is_ignored
@@ -69,22 +67,6 @@ class Batch:
     name: str
     path: Path
     plan: Plan
-
-
-def read_plans(layout: Layout, *, cancelled: bool = True) -> list[Plan]:
-    """Every plan ever accepted on this root; without those of cancelled batches if
-    `cancelled` is False (what is still to be made)."""
-    plans = []
-    for path in sorted(layout.jobs.glob("*.plan.json")):
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            plan = Plan.from_json(json.loads(path.read_bytes()))
-            if cancelled or not (layout.cancelled / plan.source).exists():
-                plans.append(plan)
-    return plans
-
-
-def _plan_bytes(plan: Plan) -> bytes:
-    return (json.dumps(plan.to_json(), indent=2, ensure_ascii=False) + "\n").encode()
 
 
 RECENT_WRITE_S = 30.0
@@ -152,7 +134,8 @@ class Inbox:
         self.now = now
         self.stale_s = stale_s
         self.log = get_logger()
-        self._plans: dict[str, tuple[tuple[int, int], Plan]] = {}
+        self.book = PlanBook(layout)
+        self._plans: dict[str, tuple[tuple[int, int], Plan]] = {}  # by accepted file's stat
         self._accepting: dict[str, str] = {}  # accepted by us, not planned yet → queue name
 
     def take(self, path: Path) -> None:
@@ -176,7 +159,7 @@ class Inbox:
         except FileNotFoundError:
             return
         for entry in entries:
-            if not is_prompts_name(entry.name) or self.plan_path(entry.name).exists():
+            if not is_prompts_name(entry.name) or has_plan(self.layout, entry.name):
                 continue
             mine = entry.name in self._accepting
             with contextlib.suppress(FileNotFoundError):
@@ -189,7 +172,7 @@ class Inbox:
         return sum(
             1
             for name in list(self._accepting)
-            if (self.layout.accepted / name).exists() and not self.plan_path(name).exists()
+            if (self.layout.accepted / name).exists() and not has_plan(self.layout, name)
         )
 
     def _settle(self, accepted: Path) -> None:
@@ -200,14 +183,14 @@ class Inbox:
             if not held:
                 return
             self._accepting.pop(accepted.name, None)
-            if self.plan_path(accepted.name).exists():
+            if has_plan(self.layout, accepted.name):
                 return  # another host planned it meanwhile
             plan, problems = self._plan_of(accepted)
             if plan is None:
                 self.reject(accepted, shown, problems)
                 return
             with contextlib.suppress(FileExistsError):  # two hosts planned alike: one wins
-                publish_new(self.plan_path(accepted.name), _plan_bytes(plan))
+                publish_plan(self.layout, accepted.name, plan)
         self.log.info(
             "prompts_accepted",
             file=shown,
@@ -226,7 +209,7 @@ class Inbox:
         if parsed.problems:
             return None, self._maybe_unfinished(accepted, parsed.problems)
         sha = hashlib.sha256(data).hexdigest()
-        plans = read_plans(self.layout)
+        plans = self.book.plans()
         same = next((p for p in plans if p.sha256 == sha), None)
         if same is not None:
             return None, [
@@ -271,9 +254,6 @@ class Inbox:
         self.log.error("prompts_rejected", file=name, moved_to=str(target), errors=problems)
         self.on_event("prompts_rejected", {"file": name, "problems": problems})
 
-    def plan_path(self, name: str) -> Path:
-        return self.layout.jobs / (Path(name).stem + ".plan.json")
-
     def batches(self) -> list[Batch]:
         """Every accepted file with its plan (cached per file size and mtime)."""
         out = []
@@ -291,18 +271,12 @@ class Inbox:
             sig = (st.st_size, st.st_mtime_ns)
             cached = self._plans.get(entry.name)
             if cached is None or cached[0] != sig:
-                plan = self._load_plan(Path(entry.path))
+                plan = self.book.get(entry.name)
                 if plan is None:
                     continue
                 self._plans[entry.name] = (sig, plan)
             out.append(Batch(entry.name, Path(entry.path), self._plans[entry.name][1]))
         return out
-
-    def _load_plan(self, accepted: Path) -> Plan | None:
-        """The plan written at acceptance, or None while there is none (plan_waiting)."""
-        with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
-            return Plan.from_json(json.loads(self.plan_path(accepted.name).read_bytes()))
-        return None
 
     def finish(self, batch: Batch, summary: BatchSummary) -> None:
         """Every item exists or failed: move the file to queue/done (one host wins)."""

@@ -1,4 +1,5 @@
-"""The plan of an accepted prompts file: its items, stored per job and made on demand.
+"""The plan of an accepted prompts file: its items, stored per job and made on demand, and
+its file `.emif/jobs/<stem>.plan.json` — this module alone reads and writes plan files.
 
 A file of 1 000 jobs × 10 000 images is 10 M items; the plan keeps the 1 000 jobs and
 derives item n when asked, so memory grows with jobs, not items, and `items(start)` lets
@@ -9,16 +10,24 @@ Deterministic: every host derives the same plan from the same accepted bytes.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import hashlib
 import itertools
+import json
+import os
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from emif_daemon.intake.prompts import MAX_SEED, Parsed, index_ranges
 from emif_daemon.servers.dialects import merge_payload
+from emif_daemon.share.atomic import atomic_write, publish_new, read_regular
+from emif_daemon.share.layout import Layout
 
 PLAN_VERSION = 2
+PLAN_SUFFIX = ".plan.json"
+MAX_PLAN_BYTES = 256 * 2**20  # a plan keeps jobs, not items: 100 000 jobs are ~60 MB
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,3 +199,113 @@ def expand(
         for job, first, _last in index_ranges(parsed.jobs, taken)
     )
     return Plan(source, file_sha, jobs)
+
+
+# -- plan files --------------------------------------------------------------------------
+
+
+def plan_path(layout: Layout, batch: str) -> Path:
+    """Where the plan of the batch (the accepted file's name) lives."""
+    return layout.jobs / (Path(batch).stem + PLAN_SUFFIX)
+
+
+def plan_bytes(plan: Plan) -> bytes:
+    return (json.dumps(plan.to_json(), indent=2, ensure_ascii=False) + "\n").encode()
+
+
+def publish_plan(layout: Layout, batch: str, plan: Plan) -> None:
+    """The plan of a newly accepted file; FileExistsError if the batch has one already
+    (another host planned it first: the names are fixed by whoever published)."""
+    publish_new(plan_path(layout, batch), plan_bytes(plan))
+
+
+def replace_plan(layout: Layout, batch: str, plan: Plan) -> None:
+    """A fix of a batch: the same names, new prompts or payloads (intake/batches.py)."""
+    atomic_write(plan_path(layout, batch), plan_bytes(plan))
+
+
+def has_plan(layout: Layout, batch: str) -> bool:
+    return plan_path(layout, batch).exists()
+
+
+def load_plan(path: Path) -> Plan:
+    """The plan in `path`; OSError if it cannot be read, ValueError if it is not a plan."""
+    raw = read_regular(path, MAX_PLAN_BYTES)
+    try:
+        doc = json.loads(raw)
+        if not isinstance(doc, dict):
+            raise TypeError(f"a JSON {type(doc).__name__}, not an object")
+        return Plan.from_json(doc)
+    except (TypeError, KeyError, RecursionError) as exc:
+        raise ValueError(f"not a plan: {exc!r}") from exc
+
+
+def read_plan(layout: Layout, batch: str) -> Plan | None:
+    """The batch's plan, or None while there is none (or it cannot be read)."""
+    with contextlib.suppress(OSError, ValueError):
+        return load_plan(plan_path(layout, batch))
+    return None
+
+
+class PlanBook:
+    """Every plan on the root, each file parsed once per version (size and mtime), so a
+    daemon that looks at its plans every round reads only those that changed."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+        self._parsed: dict[str, tuple[tuple[int, int], Plan | None]] = {}
+
+    def plans(self, *, cancelled: bool = True) -> list[Plan]:
+        """Every readable plan in name order; without those of cancelled batches if
+        `cancelled` is False (what is still to be made)."""
+        try:
+            entries = sorted(
+                (e for e in os.scandir(self.layout.jobs) if e.name.endswith(PLAN_SUFFIX)),
+                key=lambda e: e.name,
+            )
+        except FileNotFoundError:
+            return []
+        seen, out = set(), []
+        for entry in entries:
+            seen.add(entry.name)
+            plan = self._read(entry)
+            if plan is not None and (
+                cancelled or not (self.layout.cancelled / plan.source).exists()
+            ):
+                out.append(plan)
+        for gone in set(self._parsed) - seen:
+            del self._parsed[gone]
+        return out
+
+    def get(self, batch: str) -> Plan | None:
+        """The batch's plan, or None while there is none (or it cannot be read)."""
+        path = plan_path(self.layout, batch)
+        try:
+            st = path.stat()
+        except OSError:
+            self._parsed.pop(path.name, None)
+            return None
+        return self._parse(path, (st.st_size, st.st_mtime_ns))
+
+    def _read(self, entry: os.DirEntry[str]) -> Plan | None:
+        try:
+            st = entry.stat()
+        except OSError:
+            return None
+        return self._parse(Path(entry.path), (st.st_size, st.st_mtime_ns))
+
+    def _parse(self, path: Path, sig: tuple[int, int]) -> Plan | None:
+        known = self._parsed.get(path.name)
+        if known is not None and known[0] == sig:
+            return known[1]
+        try:
+            plan: Plan | None = load_plan(path)
+        except (OSError, ValueError):
+            plan = None
+        self._parsed[path.name] = (sig, plan)
+        return plan
+
+
+def read_plans(layout: Layout, *, cancelled: bool = True) -> list[Plan]:
+    """Every plan ever accepted on this root (one look; a daemon keeps a `PlanBook`)."""
+    return PlanBook(layout).plans(cancelled=cancelled)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from emif_daemon.intake.inbox import read_plans
+from emif_daemon.intake.plans import read_plans
 from emif_daemon.intake.queue_files import is_prompts_name
 from emif_daemon.observe.eta import eta_seconds, recent_rate
 from emif_daemon.observe.metrics import read_rows

@@ -4,12 +4,13 @@ requests only at `logging.level = "debug"` (the JSON log file keeps every event)
 
 from __future__ import annotations
 
-import calendar
 import logging
 import time
 from typing import Any
 
 from structlog.typing import EventDict, WrappedLogger
+
+from emif_daemon.share.clock import parse_utc
 
 # Said for every item or request: on a terminal only when debugging.
 CHATTY = frozenset(
@@ -47,13 +48,8 @@ class QuietFilter(logging.Filter):
 def _clock(event: EventDict) -> str:
     """Local time of day: what a person at the Mac compares with their watch."""
     stamp = event.get("timestamp")
-    if isinstance(stamp, str):
-        try:
-            utc = time.strptime(stamp[:19], "%Y-%m-%dT%H:%M:%S")
-            return time.strftime("%H:%M:%S", time.localtime(calendar.timegm(utc)))
-        except ValueError:
-            pass
-    return time.strftime("%H:%M:%S")
+    at = parse_utc(stamp) if isinstance(stamp, str) else None
+    return time.strftime("%H:%M:%S", time.localtime(at))
 
 
 def render(_logger: WrappedLogger, _name: str, event: EventDict) -> str:
