@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 from pathlib import Path
 
-from emif_daemon.share.atomic import MACHINE, rename_noreplace
+from emif_daemon.share.atomic import rename_noreplace
+from emif_daemon.share.held import MOVING_MARK, held_name, parse_held
 from emif_daemon.share.layout import Layout, is_ignored
 
 
@@ -50,7 +50,6 @@ def unique_name(folder: Path, name: str) -> str:
     raise OSError(f"no free name for {name} in {folder}")
 
 
-MOVING = ".moving"  # a prompts file in hand between two folders: `.<name>.<tag>.moving`
 MOVING_STALE_S = 600.0  # a move left this long was its host's last act: undone
 
 
@@ -63,7 +62,7 @@ def move_unique(src: Path, folder: Path, avoid: tuple[Path, ...] = ()) -> Path |
     file). Then it goes to `folder` under a free name; names also taken in `avoid` are
     skipped, so a batch keeps one name from accepted/ to done/.
     """
-    held = src.with_name(f".{src.name}.{MACHINE}.{os.getpid()}.{secrets.token_hex(4)}{MOVING}")
+    held = src.with_name(held_name(src.name, MOVING_MARK))
     try:
         os.rename(src, held)
     except FileNotFoundError:
@@ -88,11 +87,14 @@ def undo_stranded_moves(folders: tuple[Path, ...], now: float) -> list[Path]:
     restored = []
     for folder in folders:
         try:
-            entries = [e for e in os.scandir(folder) if e.name.endswith(MOVING)]
+            entries = [e for e in os.scandir(folder) if e.name.endswith(MOVING_MARK)]
         except FileNotFoundError:
             continue
         for entry in entries:
-            name = entry.name[1:].rsplit(".", 4)[0]  # .<name>.<tag>.<pid>.<hex>.moving
+            held = parse_held(entry.name, MOVING_MARK)
+            if held is None:
+                continue
+            name = held.name
             with contextlib.suppress(FileNotFoundError, FileExistsError):
                 if now - entry.stat().st_mtime > MOVING_STALE_S:
                     rename_noreplace(Path(entry.path), folder / name)

@@ -14,18 +14,17 @@ import errno
 import fcntl
 import json
 import os
-import secrets
 import shutil
 import stat
 import sys
 from collections.abc import Iterator
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from emif_daemon.errors import NotARegularFile
+from emif_daemon.share.held import TEMP_MARK, held_name, parse_held
 from emif_daemon.share.identity import machine_tag
-
-TEMP_MARK = ".emiftmp"
 
 # Temp names carry this boot's machine tag, not a host name: the sweep removes a temp file
 # of ours as soon as its process is gone, which only this machine can tell.
@@ -34,24 +33,19 @@ MACHINE = machine_tag()
 
 def temp_name(final: Path, machine: str = MACHINE) -> Path:
     """`.<name>.<machine>.<pid>.<random>.emiftmp` beside `final`: never an input, never shared."""
-    return final.with_name(
-        f".{final.name}.{machine}.{os.getpid()}.{secrets.token_hex(4)}{TEMP_MARK}"
-    )
+    return final.with_name(held_name(final.name, TEMP_MARK, machine=machine))
 
 
 def parse_temp_name(name: str) -> tuple[str, int] | None:
     """(machine, pid) of a temp name written by `temp_name`, or None."""
-    if not (name.startswith(".") and name.endswith(TEMP_MARK)):
-        return None
-    parts = name[: -len(TEMP_MARK)].rsplit(".", 3)
-    if len(parts) != 4 or not parts[2].isdigit():
-        return None
-    return parts[1], int(parts[2])
+    held = parse_held(name, TEMP_MARK)
+    return None if held is None else (held.machine, held.pid)
 
 
 def final_name(temp: str) -> str:
     """The final name a temp name (from `temp_name`) stands for."""
-    return temp[1:].rsplit(".", 4)[0]
+    held = parse_held(temp, TEMP_MARK)
+    return temp if held is None else held.name
 
 
 def durable_sync(fd: int) -> None:
@@ -195,3 +189,34 @@ def read_regular(path: Path, max_bytes: int) -> bytes:
     if len(data) > max_bytes:
         raise NotARegularFile(errno.EFBIG, f"grew past {max_bytes} bytes", str(path))
     return data
+
+
+class Broken(Enum):
+    """What came of renaming a stale file away."""
+
+    BROKEN = "broken"  # ours now, under the held name
+    GONE = "gone"  # it was not there any more (released, or another host broke it)
+    TAKEN = "taken"  # what moved was not what we judged stale: put back, not ours
+
+
+def break_by_rename(path: Path, target: Path, seen: bytes) -> Broken:
+    """Rename `path`, whose content was `seen` when judged stale, to the held name `target`.
+
+    Only one breaker's rename of the one file succeeds. Between the look and the rename the
+    file may have been broken and taken afresh by someone alive: then what moved differs
+    from `seen` and it is put back where it was.
+    """
+    try:
+        os.rename(path, target)
+    except FileNotFoundError:
+        return Broken.GONE
+    try:
+        moved = target.read_bytes()
+    except OSError:
+        moved = None
+    if moved != seen:
+        with contextlib.suppress(OSError):
+            rename_noreplace(target, path)
+        return Broken.TAKEN
+    fsync_dir(path.parent)
+    return Broken.BROKEN

@@ -23,8 +23,9 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from emif_daemon.share.atomic import durable_sync, fsync_dir, rename_noreplace
+from emif_daemon.share.atomic import Broken, break_by_rename, durable_sync
 from emif_daemon.share.clock import ServerClock
+from emif_daemon.share.held import CLAIM_BROKEN_MARK, held_name
 from emif_daemon.share.identity import HostIdentity
 
 CLAIM_SUFFIX = ".claim"
@@ -280,24 +281,12 @@ class ClaimStore:
         if self._stale(before, now - mtime) is None:
             return None
         me = self.identity
-        name = f"{Path(item).name}{CLAIM_SUFFIX}.{me.machine}.{me.pid}.{secrets.token_hex(4)}"
+        # `<item>.claim.<machine>.<pid>.<random>` in .emif/broken/: counted as an attempt
+        name = held_name(path.name, CLAIM_BROKEN_MARK, hidden=False, machine=me.machine, pid=me.pid)
         target = self.broken_dir / stage / Path(item).parent / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(path, target)  # unique target: only one breaker's rename succeeds
-        except FileNotFoundError:
+        if break_by_rename(path, target, raw) is not Broken.BROKEN:
             return None
-        try:
-            moved = target.read_bytes()
-        except OSError:
-            moved = None
-        if moved != raw:
-            # Between our look and our rename the claim was broken and taken afresh by
-            # someone alive: put theirs back where it was.
-            with contextlib.suppress(OSError):
-                rename_noreplace(target, path)
-            return None
-        fsync_dir(path.parent)
         return before if before is not None else {}
 
     def broken_count(self, stage: str, item: str) -> int:

@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from emif_daemon.logs import get_logger
-from emif_daemon.share.atomic import fsync_dir, rename_noreplace
+from emif_daemon.share.atomic import Broken, break_by_rename
 from emif_daemon.share.claims import parse_claim
 from emif_daemon.share.clock import ServerClock, utc_stamp
+from emif_daemon.share.held import BROKEN_MARK, held_name
 from emif_daemon.share.identity import HostIdentity
 
 
@@ -155,24 +156,14 @@ class HostLock:
         if reason is None:
             return False
         me = self.identity
-        target = self.path.with_name(
-            f"{self.path.name}.{me.machine}.{me.pid}.{secrets.token_hex(4)}.broken"
-        )
-        try:
-            os.rename(self.path, target)  # a unique target: only one breaker's rename succeeds
-        except FileNotFoundError:
+        held = held_name(self.path.name, BROKEN_MARK, hidden=False, machine=me.machine, pid=me.pid)
+        target = self.path.with_name(held)
+        broken = break_by_rename(self.path, target, raw)
+        if broken is Broken.GONE:
             return True
-        try:
-            moved = target.read_bytes()
-        except OSError:
-            moved = None
-        if moved != raw:
-            # Between our look and our rename someone alive took it afresh: put it back.
-            with contextlib.suppress(OSError):
-                rename_noreplace(target, self.path)
+        if broken is Broken.TAKEN:
             return False
         target.unlink(missing_ok=True)
-        fsync_dir(self.path.parent)
         owner = (before or {}).get("host", "?")
         self.log.warning("lock_broken", lock=str(self.path), owner=owner, reason=reason)
         return True

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import unicodedata
 
+from emif_daemon.share.held import CLAIM_BROKEN_MARK, TEMP_MARK, longest_held_name
+
 MAX_NAME_CHARS = 100
 MAX_NAME_BYTES = 255  # one path component, in UTF-8, on APFS, HFS+, ext4 and SMB
 # Characters SMB and Windows-formatted volumes refuse in a name, beside '/' and NUL.
@@ -21,7 +23,6 @@ RESERVED = frozenset(
 # Invisible or ambiguous: format characters (zero-width, bidi overrides), private use,
 # surrogates, unassigned code points, line and paragraph separators.
 _BAD_CATEGORIES = {"Cc", "Cf", "Co", "Cs", "Cn", "Zl", "Zp"}
-_PID_WIDTH = 7  # the widest pid the daemon writes into a name (Linux allows 4 194 304)
 
 
 def name_problem(name: object) -> str | None:
@@ -80,13 +81,16 @@ def derived_names(nation: str, category: str, index: int, image: int) -> list[st
     decide whether the names fit."""
     stem = f"{nation}_{category}_{index}_{image}"
     upscaled = f"{stem}_upscaled_1"
-    owner = f"{'f' * 12}.{'9' * _PID_WIDTH}.{'f' * 8}"  # machine tag, pid, random
     finals = [f"{stem}.png", f"{stem}.json", f"{upscaled}.png", f"{upscaled}.json", upscaled]
     finals.append(f"{upscaled}_seg_9999.png")
     records = [f"{stem}.png.claim", f"{stem}.png.json", f"{upscaled}.png.claim"]
     records += [f"{upscaled}.png.json", f"{nation}_{category}_{index}.claim"]
-    broken = [f"{name}.{owner}" for name in records if name.endswith(".claim")]
-    temps = [f".{name}.{owner}.emiftmp" for name in finals]
+    broken = [
+        longest_held_name(n, CLAIM_BROKEN_MARK, hidden=False)
+        for n in records
+        if n.endswith(".claim")
+    ]
+    temps = [longest_held_name(name, TEMP_MARK) for name in finals]
     return finals + records + broken + temps
 
 
