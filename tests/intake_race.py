@@ -13,7 +13,8 @@ import time
 from pathlib import Path
 
 from emif_daemon.intake.allocation import intake_lock
-from emif_daemon.intake.inbox import Expansion, Inbox
+from emif_daemon.intake.inbox import Inbox
+from emif_daemon.intake.planning import Expansion
 from emif_daemon.share.clock import ServerClock
 from emif_daemon.share.identity import HostIdentity
 from emif_daemon.share.layout import Layout

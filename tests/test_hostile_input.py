@@ -16,7 +16,8 @@ import pytest
 from emif_daemon.cli.main import main as emif
 from emif_daemon.errors import NotARegularFile
 from emif_daemon.intake import queue_files
-from emif_daemon.intake.inbox import Expansion, Inbox, existing_spelling_problems
+from emif_daemon.intake.inbox import Inbox
+from emif_daemon.intake.planning import Expansion, existing_spelling_problems
 from emif_daemon.intake.plans import expand
 from emif_daemon.intake.prompts import Limits, parse
 from emif_daemon.share.atomic import read_regular

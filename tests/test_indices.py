@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from emif_daemon.intake.inbox import Expansion, Inbox
+from emif_daemon.intake.inbox import Inbox
+from emif_daemon.intake.planning import Expansion
 from emif_daemon.intake.plans import read_plans
 from emif_daemon.share.layout import Layout
 from tests.conftest import REPO

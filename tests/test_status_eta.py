@@ -7,7 +7,8 @@ import json
 import time
 from pathlib import Path
 
-from emif_daemon.intake.inbox import Expansion, Inbox
+from emif_daemon.intake.inbox import Inbox
+from emif_daemon.intake.planning import Expansion
 from emif_daemon.observe.metrics import COLUMNS
 from emif_daemon.observe.status import collect
 from emif_daemon.observe.status_text import render_table

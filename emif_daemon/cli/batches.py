@@ -17,7 +17,7 @@ from emif_daemon.config.schema import load_config, resolve_config_path
 from emif_daemon.daemon.wiring import host_id
 from emif_daemon.intake.allocation import index_use, intake_lock, overlap_problems
 from emif_daemon.intake.batches import FixResult, cancel_batch, fix_batch
-from emif_daemon.intake.inbox import Expansion, existing_spelling_problems
+from emif_daemon.intake.planning import Expansion, existing_spelling_problems
 from emif_daemon.intake.plans import build_payload, expand, read_plans
 from emif_daemon.intake.prompts import Job, Limits, parse
 from emif_daemon.servers.dialects import jobs_problems
@@ -186,10 +186,7 @@ def retry_file(args: argparse.Namespace) -> int:
     if data is None:
         return exit_codes.FAILED
     layout = Layout(cfg.paths.root)
-    g = cfg.generate
-    exp = Expansion(
-        g.prompt_template, g.negative_prompt, g.payload, Limits(max_items=g.max_items_per_file)
-    )
+    exp = Expansion.of(cfg.generate)
     me = HostIdentity.current(host_id(cfg))
     clock = ServerClock(layout.clock, f"{me.host}.{me.machine}.{me.pid}")
     try:

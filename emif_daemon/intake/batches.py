@@ -14,7 +14,7 @@ import hashlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from emif_daemon.intake.inbox import Expansion
+from emif_daemon.intake.planning import Expansion
 from emif_daemon.intake.plans import Plan, expand, read_plan, replace_plan
 from emif_daemon.intake.prompts import parse
 from emif_daemon.intake.queue_files import unique_name

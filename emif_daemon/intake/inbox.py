@@ -1,15 +1,17 @@
-"""The queue folder: accept, reject and finish prompts files (docs/architecture.md#the-data-path).
+"""The intake: queue/ → accepted/ (or rejected/) → done/ (docs/architecture.md#the-data-path).
 
 A file is accepted by renaming it from ``queue/`` into ``queue/accepted/``: one host wins.
 Its plan is then made under the share's intake lock, its indices continuing after every
 index planned or present for each nation/category (allocation.py), and published in
-``.emif/jobs/``: from then on the names are fixed, and every host reads the same plan.
+``.emif/jobs/``: from then on the names are fixed, and every host reads the same plan. A
+file named like a finished batch with failed items is that batch's correction
+(batches.py). A batch whose every item is made or failed moves on to ``queue/done/``.
+`Inbox.step` does all of it once; the generate stage runs it before each round.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -19,31 +21,31 @@ from typing import Any
 
 from emif_daemon.errors import NotARegularFile
 from emif_daemon.events import EventSink
-from emif_daemon.intake.allocation import index_use, overlap_problems
-from emif_daemon.intake.plans import Plan, PlanBook, expand, has_plan, publish_plan
-from emif_daemon.intake.prompts import DEFAULT_LIMITS, Limits, parse
-from emif_daemon.intake.queue_files import is_prompts_name, move_unique
+from emif_daemon.intake.allocation import intake_lock
+from emif_daemon.intake.batches import FixResult, failed_items, fix_batch
+from emif_daemon.intake.open_items import Batch, OpenItems
+from emif_daemon.intake.planning import Expansion, plan_file
+from emif_daemon.intake.plans import Plan, PlanBook, has_plan, publish_plan
+from emif_daemon.intake.queue_files import (
+    is_prompts_name,
+    move_unique,
+    queued_files,
+    stray_files,
+    undo_stranded_moves,
+)
 from emif_daemon.logs import get_logger
 from emif_daemon.share.atomic import (
     atomic_write_json,
     read_regular,
 )
-from emif_daemon.share.layout import Layout, is_ignored
-from emif_daemon.share.names import name_key, safe_name
+from emif_daemon.share.clock import ServerClock
+from emif_daemon.share.identity import HostIdentity
+from emif_daemon.share.layout import Layout
+from emif_daemon.share.watch import Settler
 
 
 @dataclass(frozen=True)
-class Expansion:
-    """What turns a valid file into a plan, and the bounds it must keep (from the config)."""
-
-    template: str
-    negative_default: str
-    base_payload: dict[str, Any]
-    limits: Limits = DEFAULT_LIMITS
-
-
-@dataclass(frozen=True)
-class BatchSummary:
+class BatchDone:
     """How a prompts file ended: logged as `batch_done` and sent to listeners."""
 
     items: int
@@ -58,51 +60,6 @@ class BatchSummary:
             "failed": self.failed,
             "failures": self.failures,
         }
-
-
-@dataclass
-class Batch:
-    """An accepted prompts file and its plan."""
-
-    name: str
-    path: Path
-    plan: Plan
-
-
-RECENT_WRITE_S = 30.0
-
-
-def _folder_names(folder: Path) -> list[str]:
-    try:
-        return [e.name for e in os.scandir(folder) if e.is_dir() and not is_ignored(e.name)]
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-
-
-def existing_spelling_problems(plan: Plan, generations: Path) -> list[str]:
-    """Names that would land in an existing folder spelled differently (case, or the
-    decomposed form a Mac's SMB client lists): on a Mac they are the same folder."""
-    problems: list[str] = []
-    nations = {name_key(safe_name(n)): safe_name(n) for n in _folder_names(generations)}
-    for job in plan.jobs:
-        there = nations.get(name_key(job.nation))
-        if there is not None and there != job.nation:
-            problems.append(
-                f"{job.loc}.nation: {job.nation!r} differs only in case from the existing "
-                f"folder GENERATIONS/{there}; write {there!r}"
-            )
-            continue
-        categories = {
-            name_key(safe_name(c)): safe_name(c)
-            for c in _folder_names(generations / (there or job.nation))
-        }
-        known = categories.get(name_key(job.category))
-        if known is not None and known != job.category:
-            problems.append(
-                f"{job.loc}.category: {job.category!r} differs only in case from the existing "
-                f"folder GENERATIONS/{job.nation}/{known}; write {known!r}"
-            )
-    return problems
 
 
 def _unlocked() -> contextlib.AbstractContextManager[bool]:
@@ -126,7 +83,13 @@ class Inbox:
         lock: Callable[[], contextlib.AbstractContextManager[bool]] = _unlocked,
         now: Callable[[], float] = time.time,
         stale_s: float = 60.0,
+        *,
+        settler: Settler | None = None,
+        relist_s: float = 0.0,
     ) -> None:
+        self.settler = settler or Settler(0.0)
+        self.open = OpenItems(layout, relist_s)
+        self._strays: set[str] = set()
         self.layout = layout
         self.exp = exp
         self.on_event = on_event
@@ -138,6 +101,116 @@ class Inbox:
         self._plans: dict[str, tuple[tuple[int, int], Plan]] = {}  # by accepted file's stat
         self._accepting: dict[str, str] = {}  # accepted by us, not planned yet → queue name
 
+    @classmethod
+    def on_share(
+        cls,
+        layout: Layout,
+        exp: Expansion,
+        on_event: EventSink,
+        *,
+        clock: ServerClock,
+        identity: HostIdentity,
+        settler: Settler,
+        relist_s: float,
+    ) -> Inbox:
+        """The daemon's inbox: planning under the share's intake lock, ages by the file
+        server's clock."""
+        return cls(
+            layout,
+            exp,
+            on_event,
+            lock=lambda: intake_lock(layout, clock, identity),
+            now=clock.now,
+            settler=settler,
+            relist_s=relist_s,
+        )
+
+    # -- one round of upkeep ----------------------------------------------------------------
+    def step(self) -> None:
+        """Accept or reject settled queue files, plan those waiting, put back stranded moves,
+        and finish batches with nothing left to make."""
+        queued = queued_files(self.layout)
+        if queued:
+            now = self.now()
+            for path in queued:
+                if self.settler.ready(path, now):
+                    self._take_or_fix(path)
+        self.plan_waiting()
+        for path in undo_stranded_moves((self.layout.queue, self.layout.accepted), self.now()):
+            self.log.warning("prompts_move_undone", file=str(path))
+        self._say_strays()
+        for batch in self.batches():
+            if next(self.open.of(batch), None) is None:
+                self._finish(batch)
+
+    def waiting(self) -> int:
+        """Queue files not settled yet, and files we accepted but could not plan yet: work
+        that is coming, so a round that saw none of their items is not idle."""
+        queued = queued_files(self.layout)
+        now = self.now() if queued else 0.0
+        return sum(1 for p in queued if not self.settler.ready(p, now)) + self.unplanned()
+
+    def _say_strays(self) -> None:
+        """Each file in queue/ that is not a prompts file, said once."""
+        for name in stray_files(self.layout):
+            if name not in self._strays:
+                self._strays.add(name)
+                self.log.warning(
+                    "queue_file_ignored",
+                    file=name,
+                    hint="only *.json files are prompts files; rename it if it is one",
+                )
+
+    def _take_or_fix(self, path: Path) -> None:
+        try:
+            if not self._fix(path):
+                self.take(path)
+        except OSError as exc:  # the next round tries again; other files go on
+            self.log.error("prompts_intake_failed", file=path.name, error=str(exc))
+
+    def _fix(self, path: Path) -> bool:
+        """A file named like a finished batch with failed items is its correction: its
+        failed items are made again with the new plan (batches.py). True if it was one."""
+        layout = self.layout
+        if not (layout.done / path.name).is_file() or not failed_items(layout, path.name):
+            return False
+        try:
+            data = read_regular(path, self.exp.limits.max_bytes)
+        except NotARegularFile:
+            return False  # refused with its reason by the normal intake
+        if data == (layout.done / path.name).read_bytes():
+            return False  # the same file again: said so by the normal intake
+        with self.lock() as held:
+            if not held:
+                return True  # next round
+            result = fix_batch(layout, self.exp, path.name, data)
+        if isinstance(result, FixResult):
+            path.unlink(missing_ok=True)
+            self.log.info("batch_fixed", file=path.name, pending_again=result.pending_again)
+            return True
+        # Named like the batch, so meant to fix it: refused with the reasons, not taken as
+        # a new batch of other images.
+        self.reject(path, path.name, result)
+        return True
+
+    def _finish(self, batch: Batch) -> None:
+        unmade = self.open.unmade(batch)
+        done = BatchDone(
+            items=len(batch.plan),
+            done=len(batch.plan) - len(unmade),
+            failed=len(unmade),
+            failures=[{"item": i.key, "reason": self._reason(i.key)} for i in unmade],
+        )
+        try:
+            self.finish(batch, done)
+        except OSError as exc:
+            self.log.error("batch_finish_failed", file=batch.name, error=str(exc))
+
+    def _reason(self, key: str) -> str | None:
+        record = self.open.failures.read(key)
+        return record.reason if record else None
+
+    # -- the steps -----------------------------------------------------------------------
     def take(self, path: Path) -> None:
         """Accept or reject one settled queue file; losing the race to another host is fine.
 
@@ -185,7 +258,9 @@ class Inbox:
             self._accepting.pop(accepted.name, None)
             if has_plan(self.layout, accepted.name):
                 return  # another host planned it meanwhile
-            plan, problems = self._plan_of(accepted)
+            plan, problems = plan_file(
+                self.layout, self.exp, accepted, self.book.plans(), self.now()
+            )
             if plan is None:
                 self.reject(accepted, shown, problems)
                 return
@@ -199,49 +274,6 @@ class Inbox:
             images=sum(j.count * j.images for j in plan.jobs),
             first_index={f"{j.nation}/{j.category}": j.first for j in plan.jobs},
         )
-
-    def _plan_of(self, accepted: Path) -> tuple[Plan | None, list[str]]:
-        try:
-            data = read_regular(accepted, self.exp.limits.max_bytes)
-        except NotARegularFile as exc:
-            return None, [f"$: {exc.strerror}"]
-        parsed = parse(data, self.exp.limits)
-        if parsed.problems:
-            return None, self._maybe_unfinished(accepted, parsed.problems)
-        sha = hashlib.sha256(data).hexdigest()
-        plans = self.book.plans()
-        same = next((p for p in plans if p.sha256 == sha), None)
-        if same is not None:
-            return None, [
-                f"$: the very same file was accepted before as {same.source}: its images are "
-                "planned or made already, so nothing new would be made; to make more images "
-                "of these prompts, add jobs or raise their counts in a new file"
-            ]
-        use = index_use(self.layout, {(j.nation, j.category) for j in parsed.jobs}, plans)
-        plan = expand(
-            parsed,
-            file_sha=sha,
-            template=self.exp.template,
-            negative_default=self.exp.negative_default,
-            base_payload=self.exp.base_payload,
-            source=accepted.name,
-            taken={folder: u.highest for folder, u in use.items()},
-        )
-        problems = existing_spelling_problems(plan, self.layout.generations)
-        problems += overlap_problems(plan, use)
-        return (plan if not problems else None), problems
-
-    def _maybe_unfinished(self, accepted: Path, problems: list[str]) -> list[str]:
-        """A file cut short and changed moments ago was most likely still being written
-        (copied over a slow share): say so."""
-        cut = any(p.startswith(("$: not valid JSON", "$: the file is empty")) for p in problems)
-        try:
-            recent = self.now() - accepted.stat().st_mtime < RECENT_WRITE_S
-        except OSError:
-            recent = False
-        if cut and recent:
-            return [*problems, "$: still being written when it was read? drop it again"]
-        return problems
 
     def reject(self, accepted: Path, name: str, problems: list[str]) -> None:
         """Move a prompts file to rejected/ beside `<stem>.error.json` with the problems."""
@@ -278,10 +310,11 @@ class Inbox:
             out.append(Batch(entry.name, Path(entry.path), self._plans[entry.name][1]))
         return out
 
-    def finish(self, batch: Batch, summary: BatchSummary) -> None:
+    def finish(self, batch: Batch, summary: BatchDone) -> None:
         """Every item exists or failed: move the file to queue/done (one host wins)."""
         if move_unique(batch.path, self.layout.done) is None:
             return
         self._plans.pop(batch.name, None)
+        self.open.forget(batch.name)
         self.log.info("batch_done", file=batch.name, **summary.fields())
         self.on_event("batch_done", {"file": batch.name, **summary.fields()})

@@ -1,7 +1,7 @@
 """Generate: items of accepted prompts files → txt2img PNGs under GENERATIONS/.
 
-Intake (accepting, rejecting and finishing prompts files) is this stage's `maintain` step;
-`discover` only reads (docs/architecture.md#the-data-path).
+The intake of prompts files (intake/inbox.py) runs as this stage's `maintain` step, before
+each round; `discover` only reads (docs/architecture.md#the-data-path).
 """
 
 from __future__ import annotations
@@ -14,14 +14,11 @@ from typing import Any
 
 from emif_daemon.config.schema import GenerateConfig
 from emif_daemon.engine.stage import Discovery, Item, StageBase, StageContext, StageResult, Work
-from emif_daemon.errors import NotARegularFile, PermanentItemError, TransientError
-from emif_daemon.intake.allocation import intake_lock
-from emif_daemon.intake.batches import FixResult, failed_items, fix_batch
-from emif_daemon.intake.inbox import Batch, BatchSummary, Expansion, Inbox
+from emif_daemon.errors import PermanentItemError, TransientError
+from emif_daemon.intake.inbox import Inbox
+from emif_daemon.intake.open_items import Batch
+from emif_daemon.intake.planning import Expansion
 from emif_daemon.intake.plans import PlannedItem, build_payload
-from emif_daemon.intake.prompts import Limits
-from emif_daemon.intake.queue_files import queued_files, stray_files, undo_stranded_moves
-from emif_daemon.logs import get_logger
 from emif_daemon.png import png_problem
 from emif_daemon.servers.answer_checks import a1111_info_problem, a1111_maps_problem
 from emif_daemon.servers.dialects import guess_kind
@@ -29,11 +26,7 @@ from emif_daemon.servers.drawthings_files import upscale_factor
 from emif_daemon.servers.preflight.check import Preflight
 from emif_daemon.servers.preflight.checklist import Use
 from emif_daemon.servers.sdapi import TXT2IMG, Server
-from emif_daemon.share.atomic import read_regular
 from emif_daemon.share.clock import utc_stamp
-from emif_daemon.share.failure_records import FailureLog
-from emif_daemon.share.layout import is_input_png
-from emif_daemon.share.watch import TreeScanner
 from emif_daemon.stages.image_files import publish_png, without_images
 
 
@@ -83,26 +76,15 @@ class GenerateStage(StageBase):
         self.server = server
         use = Use("generate", cfg.payload, "txt2img")
         self.preflight = Preflight(self.name, server, [use], models_folders)
-        self.inbox = Inbox(
+        self.inbox = Inbox.on_share(
             ctx.layout,
-            Expansion(
-                cfg.prompt_template,
-                cfg.negative_prompt,
-                cfg.payload,
-                Limits(max_items=cfg.max_items_per_file),
-            ),
+            Expansion.of(cfg),
             ctx.events,
-            lock=lambda: intake_lock(ctx.layout, ctx.clock, ctx.identity),
-            now=ctx.clock.now,
+            clock=ctx.clock,
+            identity=ctx.identity,
+            settler=ctx.settler,
+            relist_s=ctx.relist_s,
         )
-        # Per batch, how many items from the start are known finished (images there, or
-        # failed): each round resumes there instead of walking the whole plan.
-        self._cursor: dict[str, int] = {}
-        self._failed_seen: set[str] = set()
-        self._strays: set[str] = set()
-        self.outputs = TreeScanner(ctx.layout.generations, want=is_input_png, relist_s=ctx.relist_s)
-        self.failures = FailureLog(ctx.layout.failed, self.name)
-        self.log = get_logger()
 
     def unavailable(self) -> str | None:
         return self.preflight.refusal  # the server cannot do what the recipe says
@@ -111,116 +93,20 @@ class GenerateStage(StageBase):
         self.server.wait_until_up(stop)
 
     def maintain(self) -> None:
-        """Intake: accept or reject settled queue files, finish batches with nothing left."""
-        queued = queued_files(self.ctx.layout)
-        if queued:
-            now = self.ctx.clock.now()
-            for path in queued:
-                if self.ctx.settler.ready(path, now):
-                    self._take(path)
-        self.inbox.plan_waiting()
-        layout = self.ctx.layout
-        for path in undo_stranded_moves((layout.queue, layout.accepted), self.ctx.clock.now()):
-            self.log.warning("prompts_move_undone", file=str(path))
-        self._say_strays()
-        for batch in self.inbox.batches():
-            if next(self._open_items(batch), None) is None:
-                self._finish(batch)
-
-    def _say_strays(self) -> None:
-        """Each file in queue/ that is not a prompts file, said once."""
-        for name in stray_files(self.ctx.layout):
-            if name not in self._strays:
-                self._strays.add(name)
-                self.log.warning(
-                    "queue_file_ignored",
-                    file=name,
-                    hint="only *.json files are prompts files; rename it if it is one",
-                )
-
-    def _take(self, path: Path) -> None:
-        try:
-            if not self._fix(path):
-                self.inbox.take(path)
-        except OSError as exc:  # the next round tries again; other files go on
-            self.log.error("prompts_intake_failed", file=path.name, error=str(exc))
-
-    def _fix(self, path: Path) -> bool:
-        """A file named like a finished batch with failed items is its correction: its
-        failed items are made again with the new plan (batches.py). True if it was one."""
-        layout = self.ctx.layout
-        if not (layout.done / path.name).is_file() or not failed_items(layout, path.name):
-            return False
-        try:
-            data = read_regular(path, self.inbox.exp.limits.max_bytes)
-        except NotARegularFile:
-            return False  # refused with its reason by the normal intake
-        if data == (layout.done / path.name).read_bytes():
-            return False  # the same file again: said so by the normal intake
-        with intake_lock(layout, self.ctx.clock, self.ctx.identity) as held:
-            if not held:
-                return True  # next round
-            result = fix_batch(layout, self.inbox.exp, path.name, data)
-        if isinstance(result, FixResult):
-            path.unlink(missing_ok=True)
-            self.log.info("batch_fixed", file=path.name, pending_again=result.pending_again)
-            return True
-        # Named like the batch, so meant to fix it: refused with the reasons, not taken as
-        # a new batch of other images.
-        self.inbox.reject(path, path.name, result)
-        return True
-
-    def _finish(self, batch: Batch) -> None:
-        done = self.outputs.scan()
-        todo = [i for i in batch.plan.items() if not all(n in done for n in i.output_names())]
-        summary = BatchSummary(
-            items=len(batch.plan),
-            done=len(batch.plan) - len(todo),
-            failed=len(todo),
-            failures=[{"item": i.key, "reason": self._reason(i.key)} for i in todo],
-        )
-        try:
-            self.inbox.finish(batch, summary)
-        except OSError as exc:
-            self.log.error("batch_finish_failed", file=batch.name, error=str(exc))
-
-    def _reason(self, key: str) -> str | None:
-        record = self.failures.read(key)
-        return record.reason if record else None
-
-    def _open_items(self, batch: Batch) -> Iterator[PlannedItem]:
-        """Items of `batch` still to make (not all images there, not failed), lazily, from
-        the first one not known finished."""
-        done = self.outputs.scan()
-        failed = self.failures.keys()
-        if not failed >= self._failed_seen:  # `emif retry` made failed items pending again
-            self._cursor.clear()
-        self._failed_seen = failed
-        start = self._cursor.get(batch.name, 0)
-        for n, item in enumerate(batch.plan.items(start), start):
-            finished = item.key in failed or all(x in done for x in item.output_names())
-            if finished and n == start:
-                start = n + 1
-                self._cursor[batch.name] = start
-            if not finished:
-                yield item
+        """The intake of prompts files, before each round (intake/inbox.py)."""
+        self.inbox.step()
 
     def discover(self) -> Discovery:
-        found = Discovery()
-        queued = queued_files(self.ctx.layout)
-        if queued:
-            now = self.ctx.clock.now()
-            found.waiting = sum(1 for p in queued if not self.ctx.settler.ready(p, now))
-        found.waiting += self.inbox.unplanned()
+        found = Discovery(waiting=self.inbox.waiting())
         batches = self.inbox.batches()
         found.items = self._items(batches)
-        found.count = sum(len(b.plan) - self._cursor.get(b.name, 0) for b in batches)
+        found.count = self.inbox.open.count(batches)
         return found
 
     def _items(self, batches: list[Batch]) -> Iterator[Item]:
         gens = self.ctx.layout.generations
         for batch in batches:
-            for planned in self._open_items(batch):
+            for planned in self.inbox.open.of(batch):
                 outputs = tuple(gens / n for n in planned.output_names())
                 yield Item(planned.key, outputs, data=planned, batch=batch.name)
 
