@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from emif_daemon.config.schema import parse_config
 from emif_daemon.daemon.wiring import StageKit, claim_store, make_kit
 from emif_daemon.engine.drain import DrainDetector
-from emif_daemon.engine.hooks import EngineHooks, GuardedHooks
+from emif_daemon.engine.hooks import Hook, Hooks
 from emif_daemon.engine.keeper import Keeper
 from emif_daemon.engine.outcomes import ItemOutcome, RunOutcome, Verdict, reason_for, verdict_for
 from emif_daemon.engine.runner import Engine, Timing
@@ -44,14 +44,14 @@ def kit_for(root: Path, host: str = "a") -> StageKit:
     )
 
 
-def engine(kit: StageKit, stages: list[Any], hooks: EngineHooks, **timing: float) -> Engine:
+def engine(kit: StageKit, stages: list[Any], hook: Hook, **timing: float) -> Engine:
     return Engine(
         stages,
         claim_store(kit.cfg, kit.ctx),
         kit.ctx.layout.failed,
         retry=RetryPolicy(max_attempts=2, base_s=0.01, cap_s=0.02),
         timing=Timing(**{"rescan_s": 0.05, "heartbeat_s": 0.05, **timing}),
-        hooks=hooks,
+        hooks=[hook],
         once=True,
     )
 
@@ -69,7 +69,7 @@ def run_with_deadline(e: Engine, seconds: float = 30.0) -> RunOutcome:
     return codes[0]
 
 
-class MetricsWriterDown(EngineHooks):
+class MetricsWriterDown(Hook):
     """The share dropped as the items ended: every metrics write raises."""
 
     def __init__(self) -> None:
@@ -98,7 +98,7 @@ def test_a_metrics_writer_that_raises_does_not_keep_once_running(root: Path) -> 
     assert "Input/output error" in failures[0]["error"]
 
 
-class SleepGuardBroken(EngineHooks):
+class SleepGuardBroken(Hook):
     def __init__(self) -> None:
         self.calls = 0
 
@@ -146,7 +146,7 @@ def test_an_on_busy_hook_that_raises_does_not_stop_the_heartbeat(root: Path) -> 
 
 
 def test_guarded_hooks_log_once_per_failure_and_say_when_it_recovers() -> None:
-    class Flaky(EngineHooks):
+    class Flaky(Hook):
         fail = True
 
         def report(self, state: HostState) -> None:
@@ -154,7 +154,7 @@ def test_guarded_hooks_log_once_per_failure_and_say_when_it_recovers() -> None:
                 raise OSError(28, "No space left on device")
 
     inner = Flaky()
-    guarded = GuardedHooks(inner)
+    guarded = Hooks([inner])
     state = HostState(host="a", stopped=False)
     with capture_logs() as logs:
         guarded.report(state)
@@ -164,19 +164,47 @@ def test_guarded_hooks_log_once_per_failure_and_say_when_it_recovers() -> None:
     assert [e["event"] for e in logs] == ["hook_failed", "hook_recovered"]
 
 
+def test_a_hook_that_raises_never_keeps_the_others_from_running() -> None:
+    """Side jobs are a list, each guarded on its own: a broken metrics writer still lets
+    the host report and the sleep guard hear of every call."""
+    calls: list[str] = []
+
+    class Broken(Hook):
+        def report(self, state: HostState) -> None:
+            raise OSError(5, "Input/output error")
+
+        def busy(self, busy: bool) -> None:
+            raise OSError(5, "Input/output error")
+
+    class Heard(Hook):
+        def report(self, state: HostState) -> None:
+            calls.append("report")
+
+        def busy(self, busy: bool) -> None:
+            calls.append(f"busy {busy}")
+
+    hooks = Hooks([Broken(), Heard()])
+    with capture_logs() as logs:
+        hooks.report(HostState(host="a", stopped=False))
+        hooks.busy(True)
+    assert calls == ["report", "busy True"]
+    failed = [(e["job"], e["hook"]) for e in logs if e["event"] == "hook_failed"]
+    assert failed == [("Broken", "report"), ("Broken", "busy")]
+
+
 def test_a_pause_gate_that_raises_means_do_not_claim() -> None:
-    class Broken(EngineHooks):
+    class Broken(Hook):
         def may_claim(self) -> bool:
             raise ValueError("bad marker")
 
     with capture_logs():
-        assert GuardedHooks(Broken()).may_claim() is False
+        assert Hooks([Broken()]).may_claim() is False
 
 
 def test_item_finished_gets_the_outcome_and_the_result(root: Path) -> None:
     seen: list[tuple[str, str, ItemOutcome, str | None]] = []
 
-    class Recorder(EngineHooks):
+    class Recorder(Hook):
         def item_finished(
             self,
             stage: str,
@@ -320,7 +348,7 @@ def test_a_failure_record_that_cannot_be_written_gives_the_item_back(root: Path)
 
     kit = kit_for(root)
     stage = AlwaysPermanent()
-    e = engine(kit, [stage], EngineHooks())
+    e = engine(kit, [stage], Hook())
     e.failures["perm"].record = share_full  # type: ignore[method-assign]
     with capture_logs() as logs:
         run_with_deadline(e)
@@ -367,7 +395,7 @@ def test_an_io_error_on_a_heartbeat_is_logged_and_retried_never_taken_for_a_loss
     store = claim_store(kit.cfg, kit.ctx)
     claim = store.try_claim("toy", "x")
     assert claim is not None
-    keeper = Keeper(store, EngineHooks(), Timing(), {}, lambda: HostState("a", False))
+    keeper = Keeper(store, Hooks(), Timing(), {}, lambda: HostState("a", False))
     real_open = os.open
     fail = [True]
 
@@ -399,7 +427,7 @@ def test_no_claim_lost_is_said_for_a_claim_committed_while_the_keeper_held_it(
     snapshot = store.held()
     assert store.commit(claim, lambda: None)
     monkeypatch.setattr(store, "held", lambda: snapshot)  # the keeper's older look
-    keeper = Keeper(store, EngineHooks(), Timing(), {}, lambda: HostState("a", False))
+    keeper = Keeper(store, Hooks(), Timing(), {}, lambda: HostState("a", False))
     with capture_logs() as logs:
         keeper.heartbeat()
     assert logs == []

@@ -10,7 +10,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from types import FrameType
@@ -18,14 +18,23 @@ from typing import TYPE_CHECKING, Any
 
 from emif_daemon import __version__
 from emif_daemon.config.schema import Config
+from emif_daemon.daemon.hooks import (
+    Awake,
+    Completion,
+    HostReport,
+    Listeners,
+    Metrics,
+    Pause,
+    RootWatch,
+    Sweep,
+)
 from emif_daemon.daemon.servers import ServerPool
-from emif_daemon.daemon.side_jobs import DaemonHooks
-from emif_daemon.engine.hooks import EngineHooks
+from emif_daemon.engine.hooks import Hook
 from emif_daemon.engine.outcomes import RunOutcome
 from emif_daemon.engine.runner import Engine, Timing
 from emif_daemon.engine.stage import Stage, StageContext
 from emif_daemon.events import EventSink
-from emif_daemon.intake.completion import BatchSummaries
+from emif_daemon.intake.completion import CompletionReporter
 from emif_daemon.logs import get_logger
 from emif_daemon.observe.notifications import Notifier
 from emif_daemon.observe.progress_bars import TerminalProgress
@@ -153,7 +162,7 @@ def await_root(layout: Layout, *, interval_s: float, once: bool) -> bool:
 
 
 def make_engine(
-    cfg: Config, kit: StageKit, stages: list[Stage], hooks: EngineHooks, *, once: bool
+    cfg: Config, kit: StageKit, stages: list[Stage], hooks: Sequence[Hook], *, once: bool
 ) -> Engine:
     return Engine(
         stages,
@@ -176,25 +185,52 @@ def make_engine(
     )
 
 
-def make_hooks(cfg: Config, kit: StageKit, events: EventSink) -> DaemonHooks | None:
+@dataclass
+class SideJobs:
+    """The daemon's hooks, and the ones the wiring talks to after start."""
+
+    hooks: list[Hook]
+    report: HostReport
+    completion: CompletionReporter
+
+
+def make_hooks(cfg: Config, kit: StageKit, events: EventSink) -> SideJobs | None:
     """The daemon's side jobs, after the start-up checks; None if another machine's live
     daemon uses our host id (said in the log)."""
-    hooks = DaemonHooks(cfg, kit.ctx, events)
-    hooks.summaries = BatchSummaries(
-        kit.ctx.layout,
+    ctx = kit.ctx
+    root = RootWatch(ctx.layout)
+    completion = CompletionReporter(
+        ctx.layout,
         tuple(enabled_stages(cfg, None)),
-        hooks.on_event,
+        events,
         every_s=cfg.watch.rescan_interval_s,
     )
+    live_s = max(cfg.coordination.lease_s, 3 * cfg.coordination.heartbeat_s)
+    report = HostReport(ctx, root, live_s)
+    sweep = Sweep(ctx, root)
+    jobs = SideJobs(
+        [
+            root,
+            Pause(ctx.layout, ctx.host),
+            Listeners(events),
+            Metrics(ctx.layout, ctx.host),
+            Awake(cfg.macos.prevent_sleep),
+            report,
+            sweep,
+            Completion(completion, root),
+        ],
+        report,
+        completion,
+    )
     # A share that is full or away cannot tell us now; the keeper checks again each tick.
-    now = kit.ctx.clock.now_or_local()
-    clash = host_id_clash(kit.ctx.layout, kit.ctx.identity, now, hooks.live_s)
+    now = ctx.clock.now_or_local()
+    clash = host_id_clash(ctx.layout, ctx.identity, now, live_s)
     if clash is not None:
         get_logger().error("host_id_clash", reason=clash)
         return None
     with contextlib.suppress(OSError):
-        hooks.sweep()
-    return hooks
+        sweep.sweep()
+    return jobs
 
 
 def run_daemon(
@@ -218,11 +254,11 @@ def run_daemon(
     if not stages:
         log.error("no_stages", hint=NO_STAGES_HINT)
         return Refusal.NO_STAGES
-    hooks = make_hooks(cfg, kit, events)
-    if hooks is None:
+    jobs = make_hooks(cfg, kit, events)
+    if jobs is None:
         return Refusal.HOST_ID_CLASH
-    engine = make_engine(cfg, kit, stages, hooks, once=once)
-    hooks.on_clash = engine.request_stop
+    engine = make_engine(cfg, kit, stages, jobs.hooks, once=once)
+    jobs.report.on_clash = engine.request_stop
     hints = _hints(cfg, kit.ctx, engine)
     previous = _install_signals(engine)
     log.info(
@@ -245,9 +281,9 @@ def run_daemon(
         gallery.start()
     try:
         outcome = engine.run()
-        if once and hooks.summaries is not None:  # this run may have completed a batch
+        if once:  # this run may have completed a batch
             with contextlib.suppress(OSError):
-                hooks.summaries.check(now=True)
+                jobs.completion.check(now=True)
     finally:
         # After the engine: bars drawn last, the gallery's last build (it needs the clock),
         # queued notifications flushed, watchers stopped, our clock probe removed, the
@@ -263,7 +299,7 @@ def run_daemon(
         with contextlib.suppress(OSError):
             kit.ctx.clock.close()
         _restore_signals(previous)
-    return Refusal.HOST_ID_CLASH if hooks.clash is not None else outcome
+    return Refusal.HOST_ID_CLASH if jobs.report.clash is not None else outcome
 
 
 def _no_listener(_event: str, _data: Mapping[str, Any]) -> None:

@@ -1,9 +1,10 @@
-"""What the engine tells the rest of the daemon, as one object with no-op defaults.
+"""What the engine tells the rest of the daemon: a list of side jobs, each on its own.
 
 Metrics, notifications, the sleep guard, the host report, the pause gate and the orphan
-sweep are side jobs: a failure in one of them must never kill a worker or the heartbeat
-thread (which would let other hosts break our live claims and redo the work). The engine
-therefore only ever calls hooks through `GuardedHooks`.
+sweep are side jobs (after dramatiq's middleware list): each is a `Hook` that overrides only
+what it needs. A failure in one must never kill a worker or the heartbeat thread (which would
+let other hosts break our live claims and redo the work), nor keep the others from running,
+so the engine calls them only through `Hooks`, which guards each call of each hook.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from emif_daemon.engine.outcomes import ItemOutcome
 from emif_daemon.engine.stage import StageResult
@@ -20,14 +21,12 @@ from emif_daemon.engine.usage import ResourceSample
 from emif_daemon.logs import get_logger
 from emif_daemon.share.host_reports import HostState
 
-T = TypeVar("T")
 
-
-class EngineHooks:
-    """Override what a daemon needs; every default does nothing."""
+class Hook:
+    """One side job; override what it needs, every default does nothing."""
 
     def may_claim(self) -> bool:
-        """False while this host must not take new items (paused)."""
+        """False while this host must not take new items (paused, the share away)."""
         return True
 
     def on_event(self, event: str, data: Mapping[str, Any]) -> None:
@@ -57,41 +56,54 @@ class EngineHooks:
         """Anything the daemon does now and then (the keeper calls it each tick)."""
 
 
-class GuardedHooks(EngineHooks):
-    """Calls the inner hooks; an exception is logged as `hook_failed` (once per hook until
-    it works again) and the engine goes on."""
+class Hooks:
+    """Every hook, called in order, each call guarded on its own: an exception is logged as
+    `hook_failed` (once per hook, method and error, then `hook_recovered`) and the other
+    hooks and the engine go on."""
 
-    def __init__(self, inner: EngineHooks) -> None:
-        self.inner = inner
+    def __init__(self, hooks: Sequence[Hook] = ()) -> None:
+        self.hooks = list(hooks)
         self.log = get_logger()
-        self._failing: dict[str, str] = {}
+        self._failing: dict[tuple[int, str], str] = {}
         self._lock = threading.Lock()
 
-    def _call(self, name: str, default: T, call: Callable[[], T]) -> T:
+    def _each(self, method: str, call: Callable[[Hook], object]) -> list[object]:
+        """`call` on every hook; a hook that raises gives None."""
+        return [self._guarded(hook, method, call) for hook in self.hooks]
+
+    def _guarded(self, hook: Hook, method: str, call: Callable[[Hook], object]) -> object:
+        key = (id(hook), method)
         try:
-            value = call()
+            value = call(hook)
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
             with self._lock:
-                known = self._failing.get(name) == error
-                self._failing[name] = error
+                known = self._failing.get(key) == error
+                self._failing[key] = error
             if not known:
                 self.log.error(
-                    "hook_failed", hook=name, error=error, traceback=traceback.format_exc()
+                    "hook_failed",
+                    hook=method,
+                    job=type(hook).__name__,
+                    error=error,
+                    traceback=traceback.format_exc(),
                 )
-            return default
-        if name in self._failing:
+            return None
+        if key in self._failing:
             with self._lock:
-                self._failing.pop(name, None)
-            self.log.info("hook_recovered", hook=name)
+                self._failing.pop(key, None)
+            self.log.info("hook_recovered", hook=method, job=type(hook).__name__)
         return value
 
     def may_claim(self) -> bool:
-        # Cannot tell whether we are paused: do not take new work.
-        return self._call("may_claim", False, self.inner.may_claim)
+        """True only if every hook says yes; one that cannot tell (it raised) means no, and
+        the first no ends the asking."""
+        return all(
+            self._guarded(hook, "may_claim", lambda h: h.may_claim()) is True for hook in self.hooks
+        )
 
     def on_event(self, event: str, data: Mapping[str, Any]) -> None:
-        self._call("on_event", None, lambda: self.inner.on_event(event, data))
+        self._each("on_event", lambda h: h.on_event(event, data))
 
     def item_finished(
         self,
@@ -101,20 +113,16 @@ class GuardedHooks(EngineHooks):
         sample: ResourceSample,
         result: StageResult | None,
     ) -> None:
-        self._call(
-            "item_finished",
-            None,
-            lambda: self.inner.item_finished(stage, item, outcome, sample, result),
-        )
+        self._each("item_finished", lambda h: h.item_finished(stage, item, outcome, sample, result))
 
     def busy(self, busy: bool) -> None:
-        self._call("busy", None, lambda: self.inner.busy(busy))
+        self._each("busy", lambda h: h.busy(busy))
 
     def report(self, state: HostState) -> None:
-        self._call("report", None, lambda: self.inner.report(state))
+        self._each("report", lambda h: h.report(state))
 
     def sweep(self, folders: Sequence[Path] | None = None) -> None:
-        self._call("sweep", None, lambda: self.inner.sweep(folders))
+        self._each("sweep", lambda h: h.sweep(folders))
 
     def chore(self) -> None:
-        self._call("chore", None, self.inner.chore)
+        self._each("chore", lambda h: h.chore())

@@ -13,7 +13,7 @@ import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from emif_daemon.engine.hooks import EngineHooks
+from emif_daemon.engine.hooks import Hooks
 from emif_daemon.engine.outcomes import StageStats
 from emif_daemon.logs import get_logger
 from emif_daemon.share.claims import ClaimStore
@@ -39,7 +39,7 @@ class Keeper:
     def __init__(
         self,
         store: ClaimStore,
-        hooks: EngineHooks,
+        hooks: Hooks,
         timing: Timing,
         stats: Mapping[str, StageStats],
         state: Callable[[], HostState],

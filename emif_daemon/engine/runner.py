@@ -11,12 +11,13 @@ from __future__ import annotations
 import threading
 import time
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 
 import structlog
 
 from emif_daemon.engine.drain import DrainDetector
-from emif_daemon.engine.hooks import EngineHooks, GuardedHooks
+from emif_daemon.engine.hooks import Hook, Hooks
 from emif_daemon.engine.keeper import Keeper, Timing
 from emif_daemon.engine.outcomes import (
     ItemOutcome,
@@ -51,7 +52,7 @@ class Engine:
         *,
         retry: RetryPolicy,
         timing: Timing,
-        hooks: EngineHooks | None = None,
+        hooks: Sequence[Hook] = (),
         once: bool = False,
         stop: threading.Event | None = None,
     ) -> None:
@@ -59,7 +60,7 @@ class Engine:
         self.store = store
         self.retry = retry
         self.timing = timing
-        self.hooks = GuardedHooks(hooks or EngineHooks())
+        self.hooks = Hooks(hooks)
         self.once = once
         self.stop = stop or threading.Event()
         self.wake = {s.name: threading.Event() for s in stages}

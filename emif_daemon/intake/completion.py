@@ -73,7 +73,7 @@ def _reason(log: FailureLog, stage: str, key: str) -> dict[str, Any]:
     return {"stage": stage, "item": key, "reason": record.reason if record else None}
 
 
-class BatchSummaries:
+class CompletionReporter:
     """Looks at finished batches now and then; the first host to see one through says so."""
 
     def __init__(
