@@ -1,14 +1,12 @@
-"""Shared fixtures: temporary roots, config files, the loopback sdapi server, guards."""
+"""Fixtures: temporary roots, the loopback sdapi server, FUSE and the real share, and the
+autouse guards (no leaked thread, logging reset). Helpers are in tests/helpers.py."""
 
 from __future__ import annotations
 
-import contextlib
-import json
+import inspect
 import logging
 import os
-import socket
-import subprocess
-import sys
+import re
 import tempfile
 import threading
 import time
@@ -22,8 +20,50 @@ import structlog
 from emif_daemon.share.layout import Layout
 from emif_daemon.share.root_marker import init_root
 from tests import sdapi_server
+from tests.helpers import serving
+from tests.maclike import fuse_problem
+from tests.realshare import RealShare, ShareUnavailable, free_loopback_address
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# -- the slow marker: one rule ----------------------------------------------------------------
+# A test is slow when it starts a real process (a daemon, `emif`, a browser, the segment
+# model's child) or mounts a file system: in its own body, in a fixture it uses, or in a
+# function of the tests' modules that either calls. `pytest -m "not slow"` leaves them out.
+SLOW_FIXTURES = frozenset({"fuse_ok", "real_share"})
+SLOW_CALLS = re.compile(
+    r"\b(spawn|run_emif|subprocess\.\w+|Popen|toy_cmd|tiny_cmd|real_run|SegmentStage|Browser)\("
+)
+
+
+def _ours(fn: Callable[..., Any]) -> list[Callable[..., Any]]:
+    """`fn` and the functions of the tests' modules it names."""
+    fn = inspect.unwrap(fn)
+    found = [fn]
+    for name in fn.__code__.co_names:
+        g = fn.__globals__.get(name)
+        if inspect.isfunction(g) and g.__module__.startswith("tests") and g is not fn:
+            found.append(g)
+    return found
+
+
+def _starts_processes(item: pytest.Item) -> bool:
+    if not isinstance(item, pytest.Function):
+        return False
+    if SLOW_FIXTURES & set(item.fixturenames):
+        return True
+    functions = _ours(item.function)
+    for defs in item._fixtureinfo.name2fixturedefs.values():
+        if defs[-1].func.__module__.startswith("tests"):
+            functions += _ours(defs[-1].func)
+    return any(SLOW_CALLS.search(inspect.getsource(f)) for f in functions)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _starts_processes(item):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
@@ -53,53 +93,6 @@ def _reset_logging() -> Iterator[None]:
     structlog.reset_defaults()
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.02) -> Any:
-    """Poll until `predicate()` is truthy; fail with a clear message at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s: {predicate}")
-        time.sleep(interval)
-
-
-def toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str | Path):
-        return json.dumps(str(value))
-    if isinstance(value, dict):
-        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    return repr(value)
-
-
-def write_config(path: Path, sections: dict[str, dict[str, Any]], extra: str = "") -> Path:
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in values.items()]
-    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
-    return path
-
-
-def fast_sections(root: Path, **overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Config sections with short timings, so the tests poll briefly."""
-    sections: dict[str, dict[str, Any]] = {
-        "paths": {"root": str(root)},
-        "watch": {"mode": "poll", "rescan_interval_s": 0.1, "settle_s": 0.0},
-        "coordination": {"heartbeat_s": 0.2, "lease_s": 30.0, "attribute_cache_s": 0.0},
-        "server": {"max_attempts": 3},
-        "segment": {"enabled": False},
-    }
-    for key, values in overrides.items():
-        sections.setdefault(key, {}).update(values)
-    return sections
-
-
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
     """A root set up as `emif init` does (folders and marker): daemons wait for no share."""
@@ -108,59 +101,10 @@ def root(tmp_path: Path) -> Path:
     return path
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on (yet)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serving(mode: str = "drawthings", latency: float = 0.0, port: int = 0) -> Iterator[Any]:
-    """A loopback sdapi server for the length of a `with` block."""
-    server, thread = sdapi_server.start(mode, latency, port)
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
-
-
 @pytest.fixture
 def sdapi() -> Iterator[sdapi_server.SdapiHTTPServer]:
     with serving("drawthings") as server:
         yield server
-
-
-def emif_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "emif_daemon.cli", *args]
-
-
-def run_emif(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        emif_cmd(*args), capture_output=True, text=True, timeout=timeout, cwd=REPO, check=False
-    )
-
-
-def toy_cmd(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "tests.toy_daemon", str(config), *args]
-
-
-def spawn(cmd: list[str], stderr_to: Path | None = None) -> subprocess.Popen[bytes]:
-    """Start a process; its stderr goes to a file (a pipe nobody reads could block it)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    target = stderr_to or Path(tempfile.gettempdir()) / f"emif-test-{os.getpid()}.stderr"
-    with open(target, "ab") as err:
-        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=err)
-
-
-def log_lines(root: Path) -> list[dict[str, Any]]:
-    lines = []
-    for path in sorted((root / "logs").glob("*.jsonl")):
-        for line in path.read_text(encoding="utf-8").splitlines():
-            lines.append(json.loads(line))
-    return lines
 
 
 # -- FUSE and a real SMB share (tests/maclike.py, tests/realshare/) ------------------------------
@@ -170,7 +114,6 @@ def log_lines(root: Path) -> list[dict[str, Any]]:
 def fuse_ok(tmp_path_factory: pytest.TempPathFactory) -> None:
     """Skip, saying why, where FUSE file systems cannot be mounted (no /dev/fuse, no libfuse 2,
     not allowed to mount): the rest of the suite still runs."""
-    from tests.maclike import fuse_problem  # noqa: PLC0415 - only the FUSE tests need it
 
     problem = fuse_problem(tmp_path_factory.mktemp("fuse-probe"))
     if problem:
@@ -181,7 +124,6 @@ def fuse_ok(tmp_path_factory: pytest.TempPathFactory) -> None:
 def real_share(fuse_ok: None) -> Iterator[Any]:
     """Samba on a loopback address and three smbnetfs mounts of its share (one per host), set up
     once per session and torn down at its end; skips where the machine cannot run them."""
-    from tests.realshare import RealShare, ShareUnavailable, free_loopback_address  # noqa: PLC0415
 
     base = Path(tempfile.gettempdir()) / f"emif-realshare-{os.getpid()}"
     share = RealShare(base, free_loopback_address())

@@ -22,7 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import websocket
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 
 NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 SKIP_REASON = (

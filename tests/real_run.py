@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 from emif_daemon.share.failure_records import FailureLog, FailureRecord
 from emif_daemon.share.layout import Layout
 from emif_daemon.share.root_marker import init_root
-from tests.conftest import fast_sections, serving, spawn, wait_for, write_config
+from tests.helpers import fast_sections, serving, spawn, tiny_cmd, wait_for, write_config
 from tests.tiny_sam import save_checkpoint
 
 NATIONS = ("Italy", "Japan")
@@ -53,7 +52,7 @@ class RealRun:
 
 def _daemon_until(config: Path, log: Path, done: Callable[[], object]) -> None:
     """The daemon (tiny SAM in its segment stage) until `done()`, then a stop, as a user's."""
-    proc = spawn([sys.executable, "-m", "tests.tiny_daemon", str(config)], stderr_to=log)
+    proc = spawn(tiny_cmd(config), stderr_to=log)
     try:
         wait_for(done, timeout=600)
         assert proc.poll() is None, f"the daemon exited on its own; see {log}"

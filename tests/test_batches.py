@@ -5,14 +5,24 @@ from __future__ import annotations
 import json
 import signal
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests import sdapi_server
-from tests.conftest import emif_cmd, log_lines, run_emif, serving, spawn, wait_for
-from tests.test_pipeline import pipeline_config, pngs
+from tests.helpers import (
+    emif_cmd,
+    free_port,
+    log_lines,
+    pipeline_config,
+    pngs,
+    run_emif,
+    serving,
+    spawn,
+    wait_for,
+)
 
 
 def batch(payload: dict[str, Any], count: int = 2) -> dict[str, Any]:
@@ -70,7 +80,6 @@ def test_a_fix_that_changes_the_jobs_is_refused_naming_why(
     assert pngs(root / "GENERATIONS") == []
 
 
-@pytest.mark.slow
 def test_cancel_during_a_run_of_two_daemons_stops_new_claims_and_the_other_goes_on(
     root: Path, tmp_path: Path
 ) -> None:
@@ -116,7 +125,6 @@ def test_cancel_during_a_run_of_two_daemons_stops_new_claims_and_the_other_goes_
 
 
 def _epoch(iso: str) -> float:
-    from datetime import datetime  # noqa: PLC0415
 
     return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
 
@@ -166,7 +174,6 @@ def test_a_batch_through_every_stage_is_summed_up_once(
 def test_once_gives_up_on_a_server_that_never_answers_with_its_own_exit_code(
     root: Path,
 ) -> None:
-    from tests.conftest import free_port  # noqa: PLC0415
 
     cfg = pipeline_config(root, f"http://127.0.0.1:{free_port()}", upscale=False)
     cfg.write_text(cfg.read_text().replace("[server]\n", "[server]\nonce_wait_s = 1.5\n"))

@@ -12,10 +12,10 @@ import pytest
 
 from emif_daemon.config.schema import Config, choices_of, load_config, parse_config
 from emif_daemon.errors import ConfigError
-from tests.conftest import REPO, run_emif
+from tests.helpers import REPO, run_emif
 
 
-def problems_of(table: dict, base: Path) -> list[str]:
+def problems_of(table: dict[str, Any], base: Path) -> list[str]:
     with pytest.raises(ConfigError) as info:
         parse_config(table, base_dir=base)
     return info.value.problems
@@ -50,7 +50,9 @@ def test_empty_config_gives_spec_defaults(tmp_path: Path) -> None:
         ({"watch": 3}, "watch: expected a table [watch], got 3"),
     ],
 )
-def test_each_wrong_key_or_type_is_named(tmp_path: Path, table: dict, message: str) -> None:
+def test_each_wrong_key_or_type_is_named(
+    tmp_path: Path, table: dict[str, Any], message: str
+) -> None:
     problems = problems_of(table, tmp_path)
     assert any(p.startswith(message) for p in problems), problems
 

@@ -13,7 +13,7 @@ import requests
 
 from emif_daemon.servers.resemblance import similarity, thumbnail
 from tests import sdapi_server
-from tests.conftest import serving
+from tests.helpers import serving
 
 TXT = "/sdapi/v1/txt2img"
 IMG = "/sdapi/v1/img2img"

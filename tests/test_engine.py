@@ -14,8 +14,8 @@ from emif_daemon.engine.runner import Engine, Timing
 from emif_daemon.engine.stage import Discovery, Item, StageBase, StageResult, Work
 from emif_daemon.errors import PermanentItemError, TransientError
 from emif_daemon.retry import RetryPolicy, compute_backoff
-from tests.conftest import fast_sections
-from tests.toy_daemon import ToyStage, expected_output
+from tests.helpers import fast_sections
+from tests.tiny_daemon import ToyStage, expected_output
 
 
 def runtime(root: Path, host: str) -> StageKit:

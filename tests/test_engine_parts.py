@@ -34,8 +34,8 @@ from emif_daemon.share.failure_records import FailureRecord
 from emif_daemon.share.host_reports import HostState
 from emif_daemon.share.layout import upscale_output
 from emif_daemon.stages.image_files import PngTreeDiscovery
-from tests.conftest import fast_sections, wait_for
-from tests.toy_daemon import ToyStage, expected_output
+from tests.helpers import fast_sections, wait_for
+from tests.tiny_daemon import ToyStage, expected_output
 
 
 def kit_for(root: Path, host: str = "a") -> StageKit:

@@ -15,8 +15,8 @@ import pytest
 
 from emif_daemon.dataset.export import COLUMNS, export_dataset
 from emif_daemon.share.layout import Layout
-from tests.conftest import run_emif
 from tests.fake_dataset import add_failure, make_dataset
+from tests.helpers import run_emif
 from tests.real_run import real_run
 
 METADATA_NAMES = ("metadata.csv", "metadata.jsonl", "metadata.parquet")
@@ -44,10 +44,10 @@ def load_imagefolder(folder: Path) -> pd.DataFrame:
 
 
 def sidecar(folder: Path, name: str) -> dict[str, Any]:
-    return json.loads((folder / name).with_suffix(".json").read_text())
+    doc: dict[str, Any] = json.loads((folder / name).with_suffix(".json").read_text())
+    return doc
 
 
-@pytest.mark.slow
 def test_export_of_a_real_run_loads_into_12_rows_matching_the_sidecars(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> None:

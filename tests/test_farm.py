@@ -9,11 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from emif_daemon.share.claims import read_claim
 from tests import sdapi_server
-from tests.conftest import (
+from tests.helpers import (
     emif_cmd,
     fast_sections,
     free_port,
@@ -24,8 +22,6 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-
-pytestmark = pytest.mark.slow
 
 
 def working_claims(root: Path) -> dict[str, str]:

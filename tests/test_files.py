@@ -21,7 +21,7 @@ from emif_daemon.share.atomic import (
 )
 from emif_daemon.share.layout import Layout
 from emif_daemon.share.sweep import _remove_tree, clean_orphans, finish_sidecar
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.sdapi_server import make_png
 
 

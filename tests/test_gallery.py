@@ -31,7 +31,9 @@ from emif_daemon.share.identity import HostIdentity, machine_tag, process_start
 from emif_daemon.share.layout import Layout
 from emif_daemon.share.root_marker import init_root
 from tests import sdapi_server
-from tests.conftest import (
+from tests.fake_dataset import add_failure, add_image, make_dataset, png
+from tests.headless import SKIP_REASON, Browser, find_chromium
+from tests.helpers import (
     REPO,
     emif_cmd,
     fast_sections,
@@ -41,8 +43,6 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-from tests.fake_dataset import add_failure, add_image, make_dataset, png
-from tests.headless import SKIP_REASON, Browser, find_chromium
 from tests.real_run import EXTRA, FAILED_ITEM, RealRun, real_run
 
 GROUPS = [("Italy", "family"), ("Japan", "working"), ("Peru", "family")]
@@ -113,7 +113,6 @@ def gallery_run(tmp_path_factory: pytest.TempPathFactory) -> RealRun:
     return run
 
 
-@pytest.mark.slow
 def test_every_page_loads_in_chromium_with_the_three_stages_side_by_side(
     gallery_run: RealRun, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
@@ -157,7 +156,6 @@ def test_every_page_loads_in_chromium_with_the_three_stages_side_by_side(
         assert len(colours) > 50  # pictures, not a blank page
 
 
-@pytest.mark.slow
 def test_each_page_lists_every_images_prompt_and_seed(gallery_run: RealRun) -> None:
     sidecars = gallery_run.sidecars()
     assert len(sidecars) == 12
@@ -172,7 +170,6 @@ def test_each_page_lists_every_images_prompt_and_seed(gallery_run: RealRun) -> N
         assert broken_links(page) == [], page
 
 
-@pytest.mark.slow
 def test_a_failed_item_appears_on_its_page_with_its_reason(gallery_run: RealRun) -> None:
     gallery = gallery_run.root / "gallery"
     group, _, item = FAILED_ITEM.rpartition("/")
@@ -393,7 +390,6 @@ def test_a_build_whose_lock_was_taken_over_stops(root: Path) -> None:
     assert report.thumbnails_made <= 3
 
 
-@pytest.mark.slow
 def test_two_builds_at_once_make_each_thumbnail_once(root: Path) -> None:
     """Two hosts run `emif gallery` together: one builds, the other waits and finds it done."""
     make_dataset(root, GROUPS, 20, size=128)
@@ -493,7 +489,6 @@ def daemon_config(root: Path, url: str, **gallery: Any) -> Path:
     return write_config(root.parent / f"{root.name}.toml", sections, EXTRA)
 
 
-@pytest.mark.slow
 def test_the_daemon_refreshes_the_pages_its_finished_work_touched(
     tmp_path: Path, sdapi: sdapi_server.SdapiHTTPServer
 ) -> None:

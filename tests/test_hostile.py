@@ -9,7 +9,9 @@ import contextlib
 import hashlib
 import json
 import signal
+import socket
 import subprocess
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -17,9 +19,11 @@ from pathlib import Path
 
 import pytest
 
+from emif_daemon.errors import TransientError
+from emif_daemon.servers.sdapi import TXT2IMG, Server, ServerInfo
 from emif_daemon.share.layout import Layout
 from emif_daemon.share.root_marker import init_root
-from tests.conftest import (
+from tests.helpers import (
     fast_sections,
     log_lines,
     spawn,
@@ -27,7 +31,7 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-from tests.toy_daemon import expected_output
+from tests.tiny_daemon import expected_output
 
 
 def config(root: Path, host: str, **coordination: float) -> Path:
@@ -40,7 +44,6 @@ def runs(root: Path) -> Counter[str]:
     return Counter(line.split()[1] for line in text.splitlines())
 
 
-@pytest.mark.slow
 def test_an_owner_paused_inside_its_commit_never_replaces_the_new_owners_work(
     root: Path,
 ) -> None:
@@ -84,7 +87,6 @@ def foreign_report(root: Path, host: str) -> None:
     path.write_text(json.dumps(doc))
 
 
-@pytest.mark.slow
 def test_a_host_id_used_by_a_live_daemon_of_another_machine_is_refused_at_start(
     root: Path,
 ) -> None:
@@ -98,7 +100,6 @@ def test_a_host_id_used_by_a_live_daemon_of_another_machine_is_refused_at_start(
     assert not (root / "runs.log").exists()
 
 
-@pytest.mark.slow
 def test_a_daemon_that_finds_its_host_id_taken_mid_run_stops_with_a_clear_error(
     root: Path,
 ) -> None:
@@ -136,7 +137,6 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.mark.slow
 def test_a_share_that_fills_up_loses_nothing_and_every_item_is_made_once_space_returns(
     small_disk: Path,
 ) -> None:
@@ -171,20 +171,15 @@ def test_a_share_that_fills_up_loses_nothing_and_every_item_is_made_once_space_r
     events = [json.loads(line) for line in log.read_text().splitlines()]
     assert [e for e in events if e["event"] == "item_failed"] == []
     assert sum(1 for e in events if e["event"] == "share_full") <= 3  # said, not flooded
-    claims = list((root / ".emif" / "claims" / "toy").glob("*.claim"))
-    assert sorted(c.stem for c in claims) == names
-    assert all(json.loads(c.read_text())["state"] == "done" for c in claims)
+    done = list((root / ".emif" / "claims" / "toy").glob("*.claim"))
+    assert sorted(c.stem for c in done) == names
+    assert all(json.loads(c.read_text())["state"] == "done" for c in done)
     assert not [p for p in root.rglob("*") if p.name.endswith(".emiftmp")]
 
 
 def test_a_server_that_trickles_its_answer_is_cut_off_at_the_read_timeout() -> None:
     """Headers at once, then a byte a second: without a whole-answer deadline the worker
     and its claim would be held for hours."""
-    import socket  # noqa: PLC0415
-    import threading  # noqa: PLC0415
-
-    from emif_daemon.errors import TransientError  # noqa: PLC0415
-    from emif_daemon.servers.sdapi import TXT2IMG, Server, ServerInfo  # noqa: PLC0415
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))

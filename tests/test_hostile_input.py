@@ -14,13 +14,14 @@ from typing import Any
 import pytest
 
 from emif_daemon.cli.main import main as emif
-from emif_daemon.errors import NotARegularFile
+from emif_daemon.config.schema import parse_config
+from emif_daemon.errors import ConfigError, NotARegularFile
 from emif_daemon.intake import queue_files
 from emif_daemon.intake.inbox import Inbox
 from emif_daemon.intake.planning import Expansion, existing_spelling_problems
 from emif_daemon.intake.plans import expand
 from emif_daemon.intake.prompts import Limits, parse
-from emif_daemon.share.atomic import read_regular
+from emif_daemon.share.atomic import read_regular, rename_noreplace
 from emif_daemon.share.layout import Layout
 from emif_daemon.share.names import MAX_NAME_BYTES, longest_name_bytes, name_problem
 
@@ -174,7 +175,7 @@ def test_a_file_replaced_while_being_accepted_is_planned_from_what_was_accepted(
     first = json.dumps({"jobs": [job("Italy")]}).encode()
     second = json.dumps({"jobs": [job("Peru", count=3)]}).encode()
     (layout.queue / "a.json").write_bytes(first)
-    real = queue_files.rename_noreplace
+    real = rename_noreplace
 
     def replaced_at_the_last_moment(src: Path, dst: Path) -> None:
         if src.parent == layout.queue:
@@ -205,8 +206,6 @@ def test_an_invalid_file_found_in_accepted_is_rejected_not_skipped_for_ever(root
 
 
 def test_nan_in_a_config_payload_is_a_config_error(tmp_path: Path) -> None:
-    from emif_daemon.config.schema import parse_config  # noqa: PLC0415
-    from emif_daemon.errors import ConfigError  # noqa: PLC0415
 
     table = {"generate": {"payload": {"cfg_scale": float("nan"), "x": [1.0, float("inf")]}}}
     with pytest.raises(ConfigError) as caught:

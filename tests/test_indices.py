@@ -3,6 +3,7 @@ present for its nation/category, safely across hosts (docs/architecture.md#the-d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -10,14 +11,17 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pytest
 from structlog.testing import capture_logs
 
+from emif_daemon.config.schema import parse_config
+from emif_daemon.daemon.wiring import make_kit
 from emif_daemon.intake.inbox import Inbox
 from emif_daemon.intake.planning import Expansion
 from emif_daemon.intake.plans import read_plans
+from emif_daemon.servers.sdapi import Server
 from emif_daemon.share.layout import Layout
-from tests.conftest import REPO
+from emif_daemon.stages.generate import GenerateStage
+from tests.helpers import REPO, fast_sections
 
 
 def inbox(root: Path) -> Inbox:
@@ -92,7 +96,6 @@ def test_the_very_same_file_dropped_again_is_recognised_and_reported(root: Path)
     assert (root / "queue" / "rejected" / "w-again.json").exists()
 
 
-@pytest.mark.slow
 def test_two_hosts_accepting_two_files_at_once_never_share_a_name(root: Path) -> None:
     """20 times: two processes accept two files for the same nation/category together."""
     layout = Layout(root)
@@ -125,11 +128,6 @@ def test_two_hosts_accepting_two_files_at_once_never_share_a_name(root: Path) ->
 
 
 def test_queue_hygiene_any_case_json_and_strays_said_once(root: Path) -> None:
-    from emif_daemon.config.schema import parse_config  # noqa: PLC0415
-    from emif_daemon.daemon.wiring import make_kit  # noqa: PLC0415
-    from emif_daemon.servers.sdapi import Server  # noqa: PLC0415
-    from emif_daemon.stages.generate import GenerateStage  # noqa: PLC0415
-    from tests.conftest import fast_sections  # noqa: PLC0415
 
     cfg = parse_config(fast_sections(root), base_dir=root)
     kit = make_kit(cfg)
@@ -153,7 +151,6 @@ def test_queue_hygiene_any_case_json_and_strays_said_once(root: Path) -> None:
 def test_a_file_accepted_while_the_lock_was_busy_is_work_still_coming(root: Path) -> None:
     """Two workers of one host: one accepted a file while the other held the intake lock.
     Until it is planned, rounds must not look idle, or --once would exit before it."""
-    import contextlib  # noqa: PLC0415
 
     busy = True
 

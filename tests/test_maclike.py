@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 from tests.maclike import MacLikeMount, is_mounted
 
 NFC_NAME = "Côte d'Ivoire"

@@ -12,13 +12,14 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from emif_daemon.macos import launchd
 from emif_daemon.observe.metrics import COLUMNS
 from tests import sdapi_server
-from tests.conftest import (
+from tests.helpers import (
     REPO,
     emif_cmd,
     fast_sections,
@@ -29,7 +30,7 @@ from tests.conftest import (
 )
 
 
-def small_config(root: Path, url: str, **over: dict) -> Path:
+def small_config(root: Path, url: str, **over: dict[str, Any]) -> Path:
     sections = fast_sections(root, server={"url": url}, **over)
     extra = "[generate.payload]\nwidth = 128\nheight = 128\n[upscale]\nenabled = false\n"
     return write_config(root.parent / "c.toml", sections, extra)

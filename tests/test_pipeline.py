@@ -13,46 +13,18 @@ from typing import Any
 import pytest
 
 from tests import sdapi_server
-from tests.conftest import (
+from tests.helpers import (
     REPO,
     emif_cmd,
-    fast_sections,
     free_port,
     log_lines,
+    pipeline_config,
+    pngs,
     run_emif,
     serving,
     spawn,
     wait_for,
-    write_config,
 )
-
-SMALL = {"width": 128, "height": 128, "steps": 4, "loras": [], "controls": []}  # DT minimum: 128
-PASSES = [
-    {"upscaler": "4x_ultrasharp_f16.ckpt", "upscaler_scale": 2, "strength": 0.0},
-    {"strength": 0.3, "model": "juggernaut_xl_v9_q6p_q8p.ckpt", "upscaler": None},
-]
-
-
-def pipeline_config(root: Path, url: str, *, upscale: bool = True) -> Path:
-    sections = fast_sections(
-        root,
-        server={
-            "url": url,
-            "max_attempts": 3,
-            "connect_timeout_s": 1.0,
-            "read_timeout_s": 30.0,
-            "backoff_s": 0.1,
-        },
-    )
-    extra = "[generate.payload]\n" + "".join(
-        f"{k} = {json.dumps(v) if v is not None else '[]'}\n" for k, v in SMALL.items()
-    )
-    extra += f"[upscale]\nenabled = {str(upscale).lower()}\nexpect_size = [256, 256]\n"
-    for p in PASSES:
-        extra += "[[upscale.passes]]\n" + "".join(
-            f"{k} = {json.dumps(v)}\n" for k, v in p.items() if v is not None
-        )
-    return write_config(root.parent / "config.toml", sections, extra)
 
 
 def nations_file(path: Path, nations: list[str], per: int = 4, seed: int | None = 7) -> Path:
@@ -70,10 +42,6 @@ def nations_file(path: Path, nations: list[str], per: int = 4, seed: int | None 
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def pngs(folder: Path) -> list[str]:
-    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.png"))
 
 
 def test_dropped_file_becomes_24_generations_and_24_upscales(

@@ -12,14 +12,10 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 from emif_daemon.share.atomic import parse_temp_name
 from emif_daemon.share.claims import read_claim
-from tests.conftest import fast_sections, log_lines, spawn, toy_cmd, wait_for, write_config
-from tests.toy_daemon import expected_output
-
-pytestmark = pytest.mark.slow
+from tests.helpers import fast_sections, log_lines, spawn, toy_cmd, wait_for, write_config
+from tests.tiny_daemon import expected_output
 
 
 def make_inbox(root: Path, n: int) -> None:

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from emif_daemon.intake.plans import expand
+from emif_daemon.intake.plans import PlannedItem, expand
 from emif_daemon.intake.prompts import Parsed, parse
 from emif_daemon.share.layout import name_problem
 
@@ -19,7 +19,9 @@ def parsed(doc: Any) -> Parsed:
     return parse(json.dumps(doc).encode())
 
 
-def items_of(doc: Any, payload: dict | None = None, sha: str = "f" * 64) -> list:
+def items_of(
+    doc: Any, payload: dict[str, Any] | None = None, sha: str = "f" * 64
+) -> list[PlannedItem]:
     p = parsed(doc)
     assert p.problems == []
     plan = expand(

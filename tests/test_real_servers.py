@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from tests import sdapi_server
-from tests.conftest import (
+from tests.helpers import (
     REPO,
     emif_cmd,
     fast_sections,
@@ -28,8 +28,6 @@ from tests.conftest import (
     wait_for,
     write_config,
 )
-
-pytestmark = pytest.mark.slow
 
 SMALL_DT = {"width": 128, "height": 128, "steps": 4, "loras": [], "controls": []}
 UNION = "controlnet_xinsir_union_promax_sdxl_1.0_f16.ckpt"

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from tests import sdapi_server
-from tests.conftest import (
+from tests.helpers import (
     emif_cmd,
     fast_sections,
     run_emif,
@@ -37,8 +37,6 @@ from tests.conftest import (
 from tests.maclike import MacLikeMount
 from tests.realshare import RealShare
 from tests.realshare.farm import events, init_root, pngs, run_farm
-
-pytestmark = pytest.mark.slow
 
 COTE = "Côte d'Ivoire"
 MEXICO = "México"

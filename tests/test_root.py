@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from emif_daemon.macos.launchd import network_volume_problems
 from emif_daemon.share.layout import Layout
-from emif_daemon.share.root_marker import read_marker
-from tests.conftest import emif_cmd, fast_sections, run_emif, spawn, wait_for, write_config
+from emif_daemon.share.root_marker import read_marker, root_problem
+from tests.helpers import emif_cmd, fast_sections, run_emif, spawn, wait_for, write_config
 
 
 def config_for(root: Path, tmp_path: Path) -> Path:
@@ -61,7 +64,6 @@ def events_of(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-@pytest.mark.slow
 def test_a_share_missing_at_start_and_dropped_mid_run_is_waited_for(tmp_path: Path) -> None:
     """Missing at start: no tree, share_unavailable once, the daemon waits; mounted: it
     starts. Dropped mid-run (the marker gone): share_unavailable once, nothing written
@@ -109,11 +111,6 @@ def test_operation_not_permitted_names_the_interpreter_to_grant(
 ) -> None:
     """Under launchd, macOS refuses a network volume with EPERM and asks no one: the
     message names the binary that needs the grant and where to give it."""
-    import os  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    from emif_daemon.share import root_marker as rootmark  # noqa: PLC0415
-
     layout = Layout(tmp_path / "share")
     real_stat = os.stat
 
@@ -122,15 +119,14 @@ def test_operation_not_permitted_names_the_interpreter_to_grant(
             raise PermissionError(1, "Operation not permitted", str(path))
         return real_stat(path, *args, **kwargs)
 
-    monkeypatch.setattr(rootmark.os, "stat", refused)
-    problem = rootmark.root_problem(layout) or ""
+    monkeypatch.setattr(os, "stat", refused)
+    problem = root_problem(layout) or ""
     assert "Operation not permitted" in problem
     assert os.path.realpath(sys.executable) in problem
     assert "Privacy & Security → Files and Folders → Network Volumes" in problem
 
 
 def test_launchd_refuses_what_it_would_need_from_a_share_at_login(tmp_path: Path) -> None:
-    from emif_daemon.macos.launchd import network_volume_problems  # noqa: PLC0415
 
     root = tmp_path / "share" / "pipeline"
     problems = network_volume_problems(

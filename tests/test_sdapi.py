@@ -44,8 +44,8 @@ from emif_daemon.servers.sdapi import (
 )
 from emif_daemon.stages.generate import expected_size
 from tests import sdapi_server
-from tests.conftest import free_port, serving
 from tests.fake_images import Pictures
+from tests.helpers import free_port, serving
 
 
 def test_request_body_splices_plain_base64_as_the_last_key() -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,16 @@ from emif_daemon.stages.segment_model import (
 )
 from emif_daemon.stages.segment_spec import retry_steps
 from tests import sdapi_server
-from tests.conftest import fast_sections, log_lines, run_emif, spawn, wait_for, write_config
-from tests.tiny_sam import ROOM_VARIABLE, save_checkpoint
+from tests.helpers import (
+    fast_sections,
+    log_lines,
+    run_emif,
+    spawn,
+    tiny_cmd,
+    wait_for,
+    write_config,
+)
+from tests.tiny_sam import ROOM_VARIABLE, build, save_checkpoint
 
 TINY = "tests.tiny_sam:build"
 
@@ -76,7 +83,9 @@ def test_bbox_counts_both_end_pixels() -> None:
         ((0, 0, 2048, 2048), (0, 0, 2048, 2048)),  # clamped to the image
     ],
 )
-def test_square_box_is_padded_square_and_inside(bbox: tuple, expected: tuple) -> None:
+def test_square_box_is_padded_square_and_inside(
+    bbox: tuple[int, int, int, int], expected: tuple[int, int, int, int]
+) -> None:
     box = square_box(bbox, 0.1, 2048, 2048)
     assert box == expected
     x, y, w, h = box
@@ -177,7 +186,6 @@ def test_an_internal_that_moved_is_named_with_the_pinned_version() -> None:
 
 
 def build_tiny() -> Any:
-    from tests.tiny_sam import build  # noqa: PLC0415
 
     torch.manual_seed(0)
     return build().eval()
@@ -248,7 +256,8 @@ def test_out_of_memory_in_the_encoder_goes_straight_to_the_cpu(checkpoint: Path)
     def short_of_memory(x: torch.Tensor) -> torch.Tensor:
         if segmenter.places[-1] != "cpu":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 768.00 MiB.")
-        return forward(x)
+        out: torch.Tensor = forward(x)
+        return out
 
     encoder.forward = short_of_memory
     assert segmenter.segment(shapes_image(256))
@@ -417,7 +426,7 @@ def test_running_daemon_segments_new_upscales_alongside_the_other_stages(
         "strength = 0.0\n"
     )
     cfg = write_config(root.parent / "c.toml", sections, extra)
-    proc = spawn([sys.executable, "-m", "tests.tiny_daemon", str(cfg)])
+    proc = spawn(tiny_cmd(cfg))
     manifests = root / "SEGMENTS"
     try:
         (root / "queue").mkdir(exist_ok=True)
@@ -456,7 +465,7 @@ def test_out_of_memory_in_the_child_is_retried_on_smaller_batches_and_logged_by_
     source = root / "UPSCALED_IMAGES" / "N" / "c" / "big.png"
     source.parent.mkdir(parents=True)
     Image.fromarray(shapes_image(256)).save(source)
-    proc = spawn([sys.executable, "-m", "tests.tiny_daemon", str(cfg), "--once"])
+    proc = spawn(tiny_cmd(cfg, "--once"))
     assert proc.wait(120) == 0
     manifest = json.loads((root / "SEGMENTS" / "N" / "c" / "big" / "manifest.json").read_text())
     assert manifest["decode_batch"] == 2

@@ -9,6 +9,7 @@ import contextlib
 import errno
 import os
 import shutil
+import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -569,7 +570,6 @@ def test_a_changed_folder_is_re_listed_for_the_whole_listing_cache_period() -> N
 
 
 def test_names_are_reported_in_nfc_and_opened_as_they_are_on_disk() -> None:
-    import unicodedata  # noqa: PLC0415
 
     share = FakeShare()
     decomposed = unicodedata.normalize("NFD", "Côte d'Ivoire/family/Côte_1_1.png")

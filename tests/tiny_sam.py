@@ -32,7 +32,7 @@ MPS_OUT_OF_MEMORY = (
 )
 
 
-class ShortOfMemory(PromptEncoder):
+class ShortOfMemory(PromptEncoder):  # type: ignore[misc]  # segment-anything is untyped
     """A prompt encoder whose device has room for `room` prompts per batch (0: any number)."""
 
     room = 0

@@ -26,7 +26,7 @@ from emif_daemon.png import png_shape, png_size
 from emif_daemon.share.atomic import parse_temp_name
 from emif_daemon.share.claims import read_claim
 from tests import sdapi_server
-from tests.conftest import emif_cmd, run_emif, spawn, write_config
+from tests.helpers import emif_cmd, run_emif, spawn, write_config
 
 NATIONS = ("Norway", "Chile", "Perú", "Kenya", "Japan")
 CATEGORIES = ("family", "working")
