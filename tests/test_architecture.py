@@ -249,3 +249,15 @@ def test_each_piece_of_knowledge_is_spelled_in_one_module() -> None:
         for pattern in ONE_HOME
     }
     assert found == {pattern: [home] for pattern, home in ONE_HOME.items()}
+
+
+def test_the_architecture_page_lists_every_module() -> None:
+    """docs/architecture.md has a row for each module, by its path under emif_daemon/."""
+    page = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    missing = [
+        rel
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "__init__.py"
+        and f"`{(rel := path.relative_to(PACKAGE).as_posix())}`" not in page
+    ]
+    assert missing == []
