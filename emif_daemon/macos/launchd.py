@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from importlib import resources
 from pathlib import Path
 from string import Template
 from xml.sax.saxutils import escape
@@ -23,7 +24,8 @@ from emif_daemon.errors import NotMacOS
 from emif_daemon.share.atomic import atomic_write
 
 LABEL = "com.emif.daemon"
-TEMPLATE = Path(__file__).resolve().parents[2] / "launchd" / f"{LABEL}.plist"
+# Shipped as package data: launchd/com.emif.daemon.plist, linked into this package.
+TEMPLATE = f"{LABEL}.plist"
 DEFAULT_PATH = "/opt/homebrew/bin:/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 UNLOAD_WAIT_S = 25.0  # ExitTimeOut + 5 s
 BOOTSTRAP_TRIES = 3
@@ -39,13 +41,7 @@ def emif_executable() -> str:
 
 
 def template_text() -> str:
-    try:
-        return TEMPLATE.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(
-            f"the LaunchAgent template {TEMPLATE} is missing: install emif-daemon from its "
-            "source folder (`pip install -e .`, as `make run` does)"
-        ) from exc
+    return (resources.files("emif_daemon.macos") / TEMPLATE).read_text(encoding="utf-8")
 
 
 def log_dir(home: Path) -> Path:
