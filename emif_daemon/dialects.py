@@ -350,6 +350,11 @@ def where_of(payload: Mapping[str, Any], fallback: str) -> str:
     return payload.where if isinstance(payload, Recipe) else fallback
 
 
+def recipe_file(payload: Mapping[str, Any]) -> str | None:
+    """The JSON recipe a payload includes, as written in the config (None: none)."""
+    return (payload.include or None) if isinstance(payload, Recipe) else None
+
+
 def override_problems(
     recipe: Mapping[str, Any], override: Mapping[str, Any], kind: Kind, endpoint: str
 ) -> list[str]:

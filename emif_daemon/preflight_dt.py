@@ -25,7 +25,8 @@ from .zoo import (
 )
 
 # Keys a stage always sets itself, so the app's value never applies.
-SET_BY_STAGE = {"txt2img": {"prompt", "negative_prompt", "seed"}, "img2img": {"width", "height"}}
+SET_BY_STAGE = {"txt2img": {"prompt", "negative_prompt", "seed"},
+                "img2img": {"width", "height", "seed"}}  # fmt: skip
 UNSENDABLE = {"compression_artifacts", "compression_artifacts_quality", "color_calibration",
               "expand_prompt_to_json"}  # fmt: skip
 

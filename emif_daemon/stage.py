@@ -20,6 +20,7 @@ from .errors import ClaimLost, Shutdown
 from .identity import HostIdentity
 from .layout import Layout
 from .logs import get_logger
+from .resemblance import LookCache
 from .watch import Settler
 
 EventSink = Callable[[str, Mapping[str, Any]], None]
@@ -39,6 +40,9 @@ class StageContext:
     settler: Settler
     events: EventSink = no_events
     relist_s: float = 0.0  # watch.listing_cache_s: how long a changed folder is re-listed
+    # What the content check saw of images this process made, by sha256: the upscale stage
+    # of the same host need not decode its source again.
+    looks: LookCache = field(default_factory=LookCache)
 
     @property
     def host(self) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import requests
 
-from emif_daemon.resemblance import similarity, thumbnail
+from emif_daemon.resemblance import compare, look
 from tests import sdapi_server
 from tests.conftest import serving
 
@@ -117,7 +117,8 @@ def test_draw_things_silent_drops_are_recorded(dt: sdapi_server.SdapiHTTPServer)
     assert any("refiner_model" in d for d in rec.dropped)
     assert any("union ControlNet" in d for d in rec.dropped)
     assert "steps" in rec.app_values  # null on an int keeps the app's value
-    tile = {**body, "refiner_model": None, "controls": [{**union, "inputOverride": "tile"}]}
+    tile: dict[str, Any] = {**body, "refiner_model": None,
+                            "controls": [{**union, "inputOverride": "tile"}]}  # fmt: skip
     post(dt, IMG, tile)
     assert dt.state.generations()[-1].applied["controls"] == [union["file"]]
     post(dt, TXT, {"prompt": "p", "width": 128, "height": 128, "controls": [tile["controls"][0]]})
@@ -137,7 +138,7 @@ def test_draw_things_sizes_and_strength(dt: sdapi_server.SdapiHTTPServer) -> Non
           "strength": 0.0, "upscaler": "4x_ultrasharp_f16.ckpt", "upscaler_scale": 2}  # fmt: skip
     answer = base64.b64decode(post(dt, IMG, up).json()["images"][0])
     assert sdapi_server.png_dims(answer) == (512, 512)
-    assert similarity(thumbnail(source), thumbnail(answer)) > 0.95
+    assert compare(look(source), look(answer)).resemblance > 0.95
 
 
 def test_a1111_answers_and_silent_fallbacks(a1: sdapi_server.SdapiHTTPServer) -> None:
@@ -168,7 +169,7 @@ def test_a1111_img2img_at_strength_zero_is_not_a_no_op(a1: sdapi_server.SdapiHTT
     for strength, steps, alike in ((0.0, 1, False), (0.0, 30, True), (0.3, 30, True)):
         out = post(a1, IMG, {**base, "denoising_strength": strength, "steps": steps}).json()
         image = base64.b64decode(out["images"][0])
-        assert (similarity(thumbnail(source), thumbnail(image)) > 0.9) is alike, (strength, steps)
+        assert (compare(look(source), look(image)).resemblance > 0.9) is alike, (strength, steps)
 
 
 def test_a1111_lists_and_auth(a1: sdapi_server.SdapiHTTPServer) -> None:

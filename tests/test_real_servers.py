@@ -123,7 +123,7 @@ def shipped(work: Path, name: str, url: str, models: Path | None = None) -> Path
 def prompts(
     root: Path, nations: list[str], per: int, payload: dict[str, Any] | None = None
 ) -> None:
-    jobs = [
+    jobs: list[dict[str, Any]] = [
         {"nation": n, "category": c, "prompt": f"a {c} in {n}", "count": per}
         for n in nations
         for c in ("family", "working")
@@ -238,7 +238,9 @@ def test_old_a1111_example_strength_zero_pass_fails_every_upscale_naming_the_pas
     failed = failures(root, "upscale")
     assert len(failed) == 4
     for record in failed.values():
-        assert record["reason"].startswith("pass 1 ([upscale.passes[0]] of the config) destroyed")
+        assert record["reason"].startswith(
+            "pass 1 ([upscale.passes[0]] of the config) did not return its input's picture"
+        )
         assert record["attempts"] == 1
     assert all(
         r.applied.get("destroyed") for r in server.state.generations() if r.path == "img2img"

@@ -16,7 +16,7 @@ from ..allocation import intake_lock
 from ..answers import a1111_info_problem, a1111_maps_problem
 from ..batches import FixResult, failed_items, fix_batch
 from ..config import GenerateConfig
-from ..dialects import guess_kind, merge_payload
+from ..dialects import guess_kind, merge_payload, recipe_file
 from ..errors import PermanentItemError, TransientError
 from ..failures import FailureLog
 from ..files import NotARegularFile, png_problem, read_regular
@@ -35,11 +35,12 @@ from ..logs import get_logger
 from ..plan import PlannedItem
 from ..preflight import Preflight
 from ..prompts import Limits
+from ..resemblance import blank_problem, look
 from ..sdapi import TXT2IMG, Server
 from ..stage import Discovery, Item, StageBase, StageContext, StageResult, Work
 from ..watch import TreeScanner
 from ..zoo import upscale_factor
-from .common import publish_png, utc_iso, without_images
+from .common import publish_png, sha256, utc_iso, without_images
 
 
 def expected_size(payload: dict[str, Any], kind: str | None = None) -> tuple[int, int] | None:
@@ -257,6 +258,7 @@ class GenerateStage(StageBase):
             problem = png_problem(image, expect)
             if problem:
                 raise TransientError(f"image {k} of the answer: {problem}")
+            self._check_content(k, image)
         if kind == "a1111":
             ran = a1111_info_problem(payload, answer.info)
             ran = ran or a1111_maps_problem(payload, answer.extra_images)
@@ -270,6 +272,7 @@ class GenerateStage(StageBase):
             "seed": planned.seed,
             "seed_reported": (answer.info or {}).get("seed"),
             "payload": without_images(payload),
+            "recipe": recipe_file(self.cfg.payload),
             "server_url": self.server.url,
             "server_kind": info.kind if info else None,
             "server_model": info.model if info else None,
@@ -293,3 +296,22 @@ class GenerateStage(StageBase):
             server_seconds=round(answer.seconds, 3),
             details={"images": len(item.outputs), "seed": planned.seed},
         )
+
+    def _check_content(self, k: int, image: bytes) -> None:
+        """An answer that is one colour or has no detail is no picture: a sampler that
+        failed (NaN gives black), a safety filter, a VAE that does not fit the model. It
+        fails the item at once; what this process saw is kept for its upscale stage."""
+        if self.cfg.min_detail <= 0:
+            return
+        try:
+            seen = look(image)
+        except ValueError as exc:
+            raise TransientError(f"image {k} of the answer: {exc}") from exc
+        problem = blank_problem(seen, min_detail=self.cfg.min_detail)
+        if problem:
+            raise PermanentItemError(
+                f"image {k} of the txt2img answer ({self.preflight.uses[0].where}) is no "
+                f"picture: {problem}; check the recipe's model, VAE and steps and the server's "
+                "log (a sampler that fails gives black), then `emif retry --stage generate`"
+            )
+        self.ctx.looks.put(sha256(image), seen)
