@@ -23,10 +23,17 @@ def _same_checkpoint(asked: str, name: Any, short_hash: Any) -> bool:
     return False
 
 
-def a1111_info_problem(payload: Mapping[str, Any], info: Mapping[str, Any] | None) -> str | None:
-    """Why A1111's `info` shows the job ran on another checkpoint or without the refiner."""
+def a1111_info_problem(
+    payload: Mapping[str, Any], info: Mapping[str, Any] | None, why: str | None = None
+) -> str | None:
+    """Why A1111's `info` shows the job ran on another checkpoint or without the refiner, or
+    cannot show it (`why`: what was wrong with it)."""
     if info is None:
-        return None
+        return (
+            f"AUTOMATIC1111's answer {why or 'has no `info`'}, so the checkpoint and refiner "
+            "that ran cannot be checked; the server must be AUTOMATIC1111 (1.6 or later) or "
+            "Forge answering through its own API, not through a proxy that rewrites answers"
+        )
     override = payload.get("override_settings")
     asked = override.get("sd_model_checkpoint") if isinstance(override, Mapping) else None
     used = info.get("sd_model_name")
@@ -39,12 +46,31 @@ def a1111_info_problem(payload: Mapping[str, Any], info: Mapping[str, Any] | Non
     if isinstance(refiner, str) and refiner and isinstance(switch, int | float) and 0 < switch < 1:
         extra = info.get("extra_generation_params")
         ran = extra.get("Refiner") if isinstance(extra, Mapping) else None
-        if not isinstance(ran, str) or checkpoint_stem(ran) != checkpoint_stem(refiner):
+        if isinstance(ran, str) and checkpoint_stem(ran) != checkpoint_stem(refiner):
             return (
-                f'asked for refiner "{refiner}" but AUTOMATIC1111 ran '
-                f"{f'{ran!r}' if ran else 'none'}; check refiner_checkpoint"
+                f'asked for refiner "{refiner}" but AUTOMATIC1111 ran {ran!r}; check '
+                "refiner_checkpoint"
             )
+        if not isinstance(ran, str):
+            return _refiner_never_ran(payload, refiner, switch)
     return None
+
+
+def _refiner_never_ran(payload: Mapping[str, Any], refiner: str, switch: float) -> str:
+    """A1111 swaps the refiner in when sampling reaches `switch` of the noise schedule: with
+    too few steps no step gets there, and nothing says so but the missing `Refiner`."""
+    steps = payload.get("steps", 50)  # the API's default
+    hires = payload.get("enable_hr") is True
+    second = payload.get("hr_second_pass_steps") or steps
+    where = f"{steps} steps" + (f" (hi-res second pass: {second})" if hires else "")
+    return (
+        f'asked for refiner "{refiner}" switching in at refiner_switch_at {switch:g}, but '
+        f"AUTOMATIC1111 ran none: with {where} no sampling step reached {switch:g} of the "
+        "schedule (at steps 1 the switch never comes; with hi-res fix the refiner runs in the "
+        "second pass); raise steps"
+        + (" or hr_second_pass_steps" if hires else "")
+        + ", lower refiner_switch_at, or check refiner_checkpoint"
+    )
 
 
 def a1111_maps_problem(payload: Mapping[str, Any], extra_images: int) -> str | None:

@@ -296,16 +296,29 @@ def _entries(value: Any) -> list[dict[str, Any]]:
     return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
 
 
+A1111_NULL = (
+    "null is not sent to AUTOMATIC1111: it takes null as the value, not as the default "
+    "(`width: null` is a 500 for every item); leave the key out"
+)
+
+
 def a1111_payload_problems(payload: Mapping[str, Any], endpoint: str) -> list[str]:
-    """Keys AUTOMATIC1111 would silently ignore on this endpoint."""
+    """Keys AUTOMATIC1111 would silently ignore on this endpoint, and null values (its
+    fields take null as a value: a 500, or a setting cleared)."""
     fields = A1111_FIELDS.get(endpoint, A1111_ANY)
     problems = []
-    for key in payload:
+    for key, value in payload.items():
         if key not in fields:
             hint = " (a Draw Things key)" if key in DT_BY_KEY else ""
             problems.append(
                 f"{key}: not an AUTOMATIC1111 {endpoint} field{hint}; it would be ignored"
             )
+        elif value is None:
+            problems.append(f"{key}: {A1111_NULL}")
+    override = payload.get("override_settings")
+    for key, value in override.items() if isinstance(override, Mapping) else ():
+        if value is None:
+            problems.append(f"override_settings.{key}: {A1111_NULL}")
     return problems
 
 

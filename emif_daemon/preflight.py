@@ -89,7 +89,7 @@ def check(server: Server, uses: Sequence[Use], *, models_folders: Sequence[str |
     if info.kind == "drawthings":
         check_drawthings(server, uses, found, _folders(server.url, models_folders, found))
     else:
-        check_a1111(server, uses, found)
+        check_a1111(server, uses, found, local=is_local(server.url))
     return found
 
 

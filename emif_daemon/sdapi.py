@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import itertools
 import json
 import threading
@@ -54,6 +53,7 @@ class Answer:
     info: dict[str, Any] | None
     seconds: float
     extra_images: int = 0  # beyond those asked for (A1111 ControlNet's detected maps)
+    info_error: str | None = None  # why `info` could not be read (None: read, or none sent)
 
 
 def detect_kind(options: dict[str, Any]) -> ServerInfo:
@@ -172,6 +172,27 @@ def failure(status: int, detail: str, kind: str) -> EmifError:
     return PermanentItemError(f"server refused the request (HTTP {status}): {text}")
 
 
+def read_info(raw: object) -> tuple[dict[str, Any] | None, str | None]:
+    """A1111's `info` (a JSON string of an object): (the object, None) or (None, why not)."""
+    if raw is None:
+        return None, "has no `info`"
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            return None, f"has an `info` that is not JSON ({exc})"
+    if not isinstance(raw, dict):
+        return None, f"has an `info` that is not a JSON object ({type(raw).__name__})"
+    return raw, None
+
+
+def first_image(info: dict[str, Any] | None) -> int:
+    """Where the images asked for start: A1111 puts a grid first when it saves a batch
+    (`save_images`), and says so in `info.index_of_first_image`."""
+    first = (info or {}).get("index_of_first_image", 0)
+    return first if isinstance(first, int) and not isinstance(first, bool) and first > 0 else 0
+
+
 def parse_answer(body: object, expect: int, seconds: float, key: str = "images") -> Answer:
     """The images of a 200 answer; A1111's extras answers one `image`, not `images`."""
     if key == "image" and isinstance(body, dict) and "image" in body:
@@ -179,19 +200,30 @@ def parse_answer(body: object, expect: int, seconds: float, key: str = "images")
     if not isinstance(body, dict) or not isinstance(body.get("images"), list):
         raise TransientError(f"answer has no `{key}`")
     images = body["images"]
-    if len(images) < expect:
+    info, why = read_info(body.get("info")) if key == "images" else (None, None)
+    first = first_image(info)
+    if len(images) < first + expect:
+        grid = f" after the {first} A1111 says come first" if first else ""
         raise TransientError(
-            f"server returned {len(images)} image(s), expected {expect}"
+            f"server returned {len(images)} image(s), expected {expect}{grid}"
             " (Draw Things returns none when no project is open)"
         )
-    info = body.get("info")
-    if isinstance(info, str):
-        with contextlib.suppress(ValueError):
-            info = json.loads(info)
-    # Only what was asked for: A1111's ControlNet appends its detected maps.
-    decoded = [decode_image(text) for text in images[:expect]]
-    extra = len(images) - expect
-    return Answer(decoded, info if isinstance(info, dict) else None, seconds, extra)
+    # Only what was asked for: A1111 puts a grid first (save_images with a batch), and its
+    # ControlNet appends the detected maps after the images.
+    decoded = [decode_image(text) for text in images[first : first + expect]]
+    extra = len(images) - first - expect
+    return Answer(decoded, info, seconds, extra, why)
+
+
+def redirect_refusal(url: str, status: int, location: str | None) -> str:
+    """Why a redirect is refused: following it would send the prompts and the images (or
+    the credentials) to whatever address it names."""
+    to = f"to {location}" if location else "without a Location"
+    return (
+        f"{url} answered HTTP {status}, redirecting {to}; the daemon never follows a "
+        "redirect (it would send the prompts and images there), so nothing was sent to it; "
+        "set server.url (or upscale.server_url) to the address the server itself answers on"
+    )
 
 
 def _is_connect_failure(exc: BaseException) -> bool:
@@ -243,17 +275,24 @@ class Server:
     def get_json(self, path: str) -> Any:
         """GET a JSON route (settings, the A1111 list endpoints); None when the server has
         no such route (404). Raises ServerUnavailable when it cannot be reached, and
-        StageUnavailable when it refuses our credentials."""
+        StageUnavailable when it refuses our credentials or redirects elsewhere."""
         try:
             response = requests.get(
                 self.url + path,
                 timeout=(self.connect_timeout, max(self.connect_timeout, 30)),
                 headers={"Connection": "close"},
                 auth=self.auth,
+                allow_redirects=False,
             )
         except requests.RequestException as exc:
             self._mark_down(exc)
             raise ServerUnavailable(f"{self.url} does not answer: {exc}") from exc
+        if response.is_redirect or 300 <= response.status_code < 400:
+            raise StageUnavailable(
+                redirect_refusal(
+                    self.url + path, response.status_code, response.headers.get("Location")
+                )
+            )
         if response.status_code == 401:
             raise StageUnavailable(
                 f"server.api_user / server.api_password: {self.url} refused them (HTTP 401 "
@@ -350,6 +389,7 @@ class Server:
                     headers={"Connection": "close", "Content-Type": "application/json"},
                     auth=self.auth,
                     stream=True,
+                    allow_redirects=False,  # a redirect would take the whole body elsewhere
                 )
             except requests.ReadTimeout as exc:
                 # The server is still busy with it: never re-send at once.
@@ -361,6 +401,11 @@ class Server:
                 raise TransientError(f"connection dropped while generating: {exc}") from exc
             seconds = time.monotonic() - started
         with response:
+            if 300 <= response.status_code < 400:
+                location = response.headers.get("Location")
+                raise PermanentItemError(
+                    redirect_refusal(self.url + path, response.status_code, location)
+                )
             content = read_whole(response, started + self.read_timeout, self.read_timeout)
         if response.status_code != 200:
             # cpp-httplib puts the reason of a 500 in a header, with an empty body

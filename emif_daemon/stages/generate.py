@@ -260,7 +260,7 @@ class GenerateStage(StageBase):
                 raise TransientError(f"image {k} of the answer: {problem}")
             self._check_content(k, image)
         if kind == "a1111":
-            ran = a1111_info_problem(payload, answer.info)
+            ran = a1111_info_problem(payload, answer.info, answer.info_error)
             ran = ran or a1111_maps_problem(payload, answer.extra_images)
             if ran:
                 raise PermanentItemError(f"txt2img ({self.preflight.uses[0].where}): {ran}")

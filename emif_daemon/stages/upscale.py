@@ -165,7 +165,7 @@ class UpscaleStage(StageBase):
             raise TransientError(f"pass {n} answer: {problem}")
         kind = self.server.info.kind if self.server.info else None
         if kind == "a1111" and use.endpoint == "img2img":
-            ran = a1111_info_problem(payload, answer.info)
+            ran = a1111_info_problem(payload, answer.info, answer.info_error)
             ran = ran or a1111_maps_problem(payload, answer.extra_images)
             if ran:
                 raise PermanentItemError(f"pass {n} ({use.where}): {ran}")
