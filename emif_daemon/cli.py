@@ -173,7 +173,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     cfg = _config(args)
     configure_logging(host=host_id(cfg), level="critical")  # only the lines printed
-    lines, ok = check_config(cfg, enabled_stages(cfg, _stage_list(args.stages)))
+    stages = enabled_stages(cfg, _stage_list(args.stages))
+    lines, ok = check_config(cfg, stages, allow_unverified=args.allow_unverified)
     for line in lines:
         print(line)
     return EXIT_OK if ok else EXIT_FAILED
@@ -348,6 +349,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p = command("check", cmd_check, "can the servers do what the recipes say? exit 1 if not")
     p.add_argument("--stages", help="comma-separated subset of generate,upscale")
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="exit 0 when Draw Things' files cannot be checked here (another Mac, unreadable "
+        "folder) and nothing else is wrong",
+    )
     p = command("enqueue", cmd_enqueue, "copy a prompts file into queue/ safely")
     p.add_argument("file")
     p.add_argument("--force", action="store_true", help="enqueue even if invalid")

@@ -87,7 +87,8 @@ def check(server: Server, uses: Sequence[Use], *, models_folders: Sequence[str |
     if found.problems:
         return found
     if info.kind == "drawthings":
-        check_drawthings(server, uses, found, _folders(server.url, models_folders, found))
+        folders, why = _folders(server.url, models_folders)
+        check_drawthings(server, uses, found, folders, why)
     else:
         check_a1111(server, uses, found, local=is_local(server.url))
     return found
@@ -96,14 +97,14 @@ def check(server: Server, uses: Sequence[Use], *, models_folders: Sequence[str |
 _NAMES = {"drawthings": "Draw Things", "a1111": "AUTOMATIC1111"}
 
 
-def _folders(url: str, folders: Sequence[str | Path], found: Findings) -> list[Path] | None:
-    """The readable models folders, or None (with a warning) when files cannot be checked."""
+def _folders(url: str, folders: Sequence[str | Path]) -> tuple[list[Path] | None, str]:
+    """The readable models folders, or None and why files cannot be checked."""
     if not is_local(url):
-        found.warnings.append(
-            f"model files not checked: Draw Things runs on another machine ({url}); check the "
-            "names there"
+        return None, (
+            f"Draw Things runs on another machine ({url}), whose models folder this one cannot "
+            "read; check the name in Draw Things there, then run `emif check "
+            "--allow-unverified`"
         )
-        return None
     readable = []
     for folder in folders:
         path = Path(folder).expanduser()
@@ -114,12 +115,13 @@ def _folders(url: str, folders: Sequence[str | Path], found: Findings) -> list[P
         readable.append(path)
     if not readable:
         shown = ", ".join(str(f) for f in folders) or "(none)"
-        found.warnings.append(
-            f"model files not checked: no readable folder in server.models_folders ({shown}); "
-            "set it to Draw Things' models folder"
+        return None, (
+            f"no folder in server.models_folders ({shown}) can be read; set it to Draw Things' "
+            "models folder (reading another app's container may need Full Disk Access for "
+            "this Python), or check the name in Draw Things and run `emif check "
+            "--allow-unverified`"
         )
-        return None
-    return readable
+    return readable, ""
 
 
 class Preflight:
@@ -159,6 +161,8 @@ class Preflight:
         found = check(self.server, self.uses, models_folders=self.models_folders)
         for warning in found.warnings:
             self.log.warning("preflight_warning", warning=warning)
+        for line in found.unverified:  # once per name: this runs once per stage
+            self.log.warning("preflight_unverified", warning=line)
         if found.app_values:
             self.log.info("app_settings_used", settings=found.app_values)
         if found.problems:
@@ -167,8 +171,11 @@ class Preflight:
             self.log.info("preflight_ok", server=self.server.url, checked=len(self.uses))
 
 
-def check_config(cfg: Config, stages: Sequence[str]) -> tuple[list[str], bool]:
-    """`emif check`: a line per problem (and warning) of each stage, and whether all is well."""
+def check_config(
+    cfg: Config, stages: Sequence[str], *, allow_unverified: bool = False
+) -> tuple[list[str], bool]:
+    """`emif check`: a line per problem (and warning) of each stage, and whether all is well:
+    no problem, and every name verified unless `allow_unverified`."""
     uses = {
         "generate": (cfg.server.url, [Use("generate", cfg.generate.payload, "txt2img")]),
         "upscale": (cfg.upscale_url, pass_uses(cfg.upscale.passes)),
@@ -194,8 +201,11 @@ def check_config(cfg: Config, stages: Sequence[str]) -> tuple[list[str], bool]:
             ok = False
             continue
         lines += [f"{stage}: warning: {w}" for w in found.warnings]
+        lines += [f"{stage}: {u}" for u in found.unverified]
         lines += [f"{stage}: {p}" for p in found.problems]
-        ok = ok and not found.problems
-        if not found.problems:
-            lines.append(f"{stage}: ok ({url})")
+        passed = not found.problems and (allow_unverified or not found.unverified)
+        ok = ok and passed
+        if passed:
+            unsure = f", {len(found.unverified)} name(s) not verified" if found.unverified else ""
+            lines.append(f"{stage}: ok ({url}{unsure})")
     return lines, ok

@@ -1,5 +1,10 @@
 """Draw Things' HTTP API server as its source describes it (docs/servers.md), for the tests.
 
+The app knows a model, ControlNet or LoRA by its specification: built in, or registered in
+custom.json / custom_controlnet.json / custom_lora.json when it was downloaded; the team's
+Juggernaut XL and Xinsir Union are known only because the default app has installed them
+(`install`), and a test can install a file without registering it.
+
 Driven by tests/drawthings_parameters.json: every key, alias, type, range and exact enum name.
 A request is decoded in the app's order, so the first error wins with the app's own text:
 JSON → restore_faces and init_images → every parameter (alias clash, type, range, enum) →
@@ -27,29 +32,78 @@ UPSCALERS: dict[str, int] = DATA["upscalers"]
 CONTROL_FIELDS: list[str] = DATA["control_fields"]
 INPUT_OVERRIDES: set[str] = set(DATA["input_overrides"])
 FACES: list[str] = DATA["face_restoration_files"]
-SDXL = ("open_clip_vit_bigg14_f16.ckpt", "clip_vit_l14_f16.ckpt", "sdxl_vae_v1.0_f16.ckpt")
-# file → (display name, version, files it needs besides itself)
-MODELS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "sd_xl_base_1.0_f16.ckpt": ("SDXL Base (v1.0)", "sdxl_base_v0.9", SDXL),
-    "sd_xl_refiner_1.0_f16.ckpt": ("SDXL Refiner (v1.0)", "sdxl_refiner_v1.0", SDXL),
-    "sd_xl_refiner_1.0_q6p_q8p.ckpt": ("SDXL Refiner (v1.0, 8-bit)", "sdxl_refiner_v1.0", SDXL),
-    "juggernaut_xl_v9_q6p_q8p.ckpt": ("Juggernaut XL v9 (8-bit)", "sdxl_base_v0.9", (
-        "juggernaut_xl_v9_open_clip_vit_bigg14_f16.ckpt",
-        "juggernaut_xl_v9_clip_vit_l14_f16.ckpt", "sdxl_vae_v1.0_f16.ckpt")),
-    "sd_v1.5_f16.ckpt": ("Stable Diffusion v1.5", "v1", ("clip_vit_l14_f16.ckpt",)),
+SDXL = {"text_encoder": "open_clip_vit_bigg14_f16.ckpt", "clip_encoder": "clip_vit_l14_f16.ckpt",
+        "autoencoder": "sdxl_vae_v1.0_f16.ckpt"}  # fmt: skip
+# Built into the app (ModelZoo.swift, ControlNetZoo.swift, LoRAZoo.swift): known without a
+# registry. Anything else the app knows only from custom*.json in its models folder.
+BUILTIN_MODELS: dict[str, dict[str, Any]] = {s["file"]: s for s in (
+    {"name": "SDXL Base (v1.0)", "file": "sd_xl_base_1.0_f16.ckpt", "version": "sdxl_base_v0.9",
+     **SDXL},
+    {"name": "SDXL Refiner (v1.0)", "file": "sd_xl_refiner_1.0_f16.ckpt",
+     "version": "sdxl_refiner_v1.0", **SDXL},
+    {"name": "SDXL Refiner v1.0 (8-bit)", "file": "sd_xl_refiner_1.0_q6p_q8p.ckpt",
+     "version": "sdxl_refiner_v1.0", **SDXL},
+    {"name": "Stable Diffusion v1.5", "file": "sd_v1.5_f16.ckpt", "version": "v1"},
+)}  # fmt: skip
+BUILTIN_CONTROLNETS: dict[str, dict[str, Any]] = {
+    "controlnet_tile_1.x_v1.1_f16.ckpt": {"name": "Tile (SD v1.x, ControlNet 1.1)",
+        "file": "controlnet_tile_1.x_v1.1_f16.ckpt", "version": "v1", "modifier": "tile",
+        "type": "controlnet", "global_average_pooling": False},
 }  # fmt: skip
+BUILTIN_LORAS: dict[str, dict[str, Any]] = {
+    "tcd_sd_v1.5_lora_f16.ckpt": {"name": "TCD Stable Diffusion v1.5",
+        "file": "tcd_sd_v1.5_lora_f16.ckpt", "prefix": "", "version": "v1"},
+}  # fmt: skip
+# Downloaded from the app's community lists: the app writes each one's specification to the
+# registry of its kind. Snake-case keys, as the app's JSONEncoder writes them.
+JUGGERNAUT_XL: dict[str, Any] = {
+                 "name": "Juggernaut XL v9 (8-bit)", "file": "juggernaut_xl_v9_q6p_q8p.ckpt",
+                 "prefix": "", "version": "sdxl_base_v0.9", "upcast_attention": False,
+                 "default_scale": 16, "modifier": "none",
+                 "text_encoder": "juggernaut_xl_v9_open_clip_vit_bigg14_f16.ckpt",
+                 "clip_encoder": "juggernaut_xl_v9_clip_vit_l14_f16.ckpt",
+                 "autoencoder": "sdxl_vae_v1.0_f16.ckpt"}  # fmt: skip
+JUGGERNAUT_REBORN: dict[str, Any] = {
+                     "name": "Juggernaut Reborn (8-bit)", "file": "juggernaut_reborn_q6p_q8p.ckpt",
+                     "prefix": "", "version": "v1", "upcast_attention": False,
+                     "default_scale": 12, "modifier": "none",
+                     "text_encoder": "juggernaut_reborn_clip_vit_l14_f16.ckpt"}  # fmt: skip
+XINSIR_UNION: dict[str, Any] = {"name": "Xinsir Union ProMax (SDXL, ControlNet)",
+                "file": "controlnet_xinsir_union_promax_sdxl_1.0_f16.ckpt",
+                "version": "sdxl_base_v0.9", "type": "controlnetunion",
+                "global_average_pooling": False, "transformer_blocks": []}  # fmt: skip
+MORE_DETAILS: dict[str, Any] = {"name": "Add More Details (Detail Enhancer / Tweaker)",
+                "file": "add_more_details__detail_enhancer___tweaker__lora_f16.ckpt",
+                "prefix": "", "version": "v1"}  # fmt: skip
+SDXL_RENDER: dict[str, Any] = {"name": "SDXL Render v2.0", "file": "sdxl_render_v2.0_lora_f16.ckpt",
+               "prefix": "", "version": "v1"}  # fmt: skip
+REGISTRY_FILES = {"model": "custom.json", "controlnet": "custom_controlnet.json",
+                  "lora": "custom_lora.json"}  # fmt: skip
+# Keys the app's decoder needs in a registry entry; an entry without them is skipped.
+REQUIRED = {"model": ("name", "file", "prefix", "version", "upcast_attention", "default_scale"),
+            "controlnet": ("name", "file", "version", "type", "global_average_pooling"),
+            "lora": ("name", "file", "prefix", "version")}  # fmt: skip
 SDXL_FAMILY = {"sdxl_base_v0.9", "sdxl_refiner_v1.0", "ssd_1b"}
-# ControlNet file → (version, modifier; "" for union models that need inputOverride)
-CONTROLNETS = {
-    "controlnet_tile_1.x_v1.1_f16.ckpt": ("v1", "tile"),
-    "controlnet_xinsir_union_promax_sdxl_1.0_f16.ckpt": ("sdxl_base_v0.9", ""),
-}
 NEEDS_INPUT = {"tile", "blur", "gray", "low quality"}
 UNSENDABLE = {p["key"] for p in PARAMS if not p["sendable"]}
-# What a Mac with the team's models has downloaded.
-INSTALLED = {
-    *MODELS, *SDXL, *MODELS["juggernaut_xl_v9_q6p_q8p.ckpt"][2], *UPSCALERS, *CONTROLNETS,
-    *FACES,
+
+
+def model_files(spec: dict[str, Any]) -> list[str]:
+    """The files the app counts a model downloaded by (ModelZoo.isModelDownloaded)."""
+    v1 = spec["version"] == "v1"
+    files = [spec["file"], spec.get("autoencoder") or "vae_ft_mse_840000_f16.ckpt",
+             spec.get("text_encoder") or ("clip_vit_l14_f16.ckpt" if v1
+                                          else "open_clip_vit_h14_f16.ckpt")]  # fmt: skip
+    return files + [spec[k] for k in ("clip_encoder", "image_encoder", "t5_encoder")
+                    if spec.get(k)]  # fmt: skip
+
+
+# What a Mac with the team's models has downloaded: the built-ins it uses, the community
+# models and ControlNet of the shipped recipes (registered), the upscalers, face restoration.
+TEAM = [("model", JUGGERNAUT_XL), ("controlnet", XINSIR_UNION)]
+INSTALLED: set[str] = {
+    *(f for spec in BUILTIN_MODELS.values() for f in model_files(spec)), *UPSCALERS,
+    *BUILTIN_CONTROLNETS, *FACES, *model_files(JUGGERNAUT_XL), XINSIR_UNION["file"],
 }  # fmt: skip
 
 
@@ -98,13 +152,23 @@ def _num(value: float, kind: str) -> str:
     return repr(float(value)) if kind == "double" else str(int(value))
 
 
+def _team_registry() -> dict[str, list[dict[str, Any]]]:
+    registry: dict[str, list[dict[str, Any]]] = {k: [] for k in REGISTRY_FILES}
+    for kind, spec in TEAM:
+        registry[kind].append(dict(spec))
+    return registry
+
+
 @dataclass
 class DrawThingsApp:
-    """The app behind the server: its window's settings, its downloaded files, its build."""
+    """The app behind the server: its window's settings, its downloaded files, the
+    specifications it has registered for them, its build."""
 
     settings: dict[str, Any] = field(default_factory=app_defaults)
     files: set[str] = field(default_factory=lambda: set(INSTALLED))
-    folder: Path | None = None  # when set, the files are those in this folder
+    # the entries of custom.json, custom_controlnet.json, custom_lora.json
+    registry: dict[str, list[dict[str, Any]]] = field(default_factory=_team_registry)
+    folder: Path | None = None  # when set, the files and registries are those in this folder
     known: set[str] = field(default_factory=lambda: {p["key"] for p in PARAMS})
 
     def has(self, name: str) -> bool:
@@ -113,17 +177,64 @@ class DrawThingsApp:
         return name in self.files
 
     def use_folder(self, folder: Path) -> None:
-        """Keep the downloaded files as empty files in `folder` (a daemon on this machine
-        can then look at the same folder)."""
+        """Keep the downloaded files as empty files in `folder`, with the registries beside
+        them (a daemon on this machine can then look at the same folder)."""
         folder.mkdir(parents=True, exist_ok=True)
         for name in self.files:
             (folder / name).write_bytes(b"")
         self.folder = folder
+        self._write_registries()
 
     def remove(self, name: str) -> None:
         self.files.discard(name)
         if self.folder is not None:
             (self.folder / name).unlink(missing_ok=True)
+
+    def install(self, kind: str, spec: dict[str, Any], *, register: bool = True) -> None:
+        """Download a community file as the app does: its files, and (unless `register` is
+        false: a file copied in by hand) its specification in the registry."""
+        names = model_files(spec) if kind == "model" else [spec["file"]]
+        self.files.update(names)
+        if self.folder is not None:
+            for name in names:
+                (self.folder / name).write_bytes(b"")
+        if register:
+            self.unregister(kind, spec["file"])
+            self.registry[kind].append(dict(spec))
+            self._write_registries()
+
+    def unregister(self, kind: str, file: str) -> None:
+        self.registry[kind] = [e for e in self.registry[kind] if e.get("file") != file]
+        self._write_registries()
+
+    def _write_registries(self) -> None:
+        if self.folder is None:
+            return
+        for kind, name in REGISTRY_FILES.items():
+            path = self.folder / name
+            if self.registry[kind]:
+                path.write_text(json.dumps(self.registry[kind], indent=2))
+            else:
+                path.unlink(missing_ok=True)
+
+    def specs(self, kind: str) -> dict[str, dict[str, Any]]:
+        """What the app knows: built-ins, then every decodable registry entry."""
+        builtin = {"model": BUILTIN_MODELS, "controlnet": BUILTIN_CONTROLNETS,
+                   "lora": BUILTIN_LORAS}[kind]  # fmt: skip
+        entries = self.registry[kind]
+        if self.folder is not None:
+            path = self.folder / REGISTRY_FILES[kind]
+            try:
+                entries = json.loads(path.read_text()) if path.exists() else []
+            except ValueError:  # the app ignores a registry it cannot parse
+                entries = []
+        custom = {
+            e["file"]: e
+            for e in entries
+            if isinstance(e, dict)
+            and all(isinstance(e.get(k), str | bool | int) for k in REQUIRED[kind])
+        }
+        return {**builtin, **custom}  # fmt: skip
 
     def build_before(self, date: str) -> None:
         """An older app build: keys added on or after `date` are unknown to it."""
@@ -179,16 +290,80 @@ def _decode_value(param: dict[str, Any], spelled: str, value: Any) -> tuple[bool
         low, high = _num(param["min"], kind), _num(param["max"], kind)
         raise Refusal(f"Value for {param['error_title']} must be between {low} and {high}, "
                       f"inclusive (was {_num(value, kind)})")  # fmt: skip
-    if key == "loras":
-        for lora in value if isinstance(value, list) else []:
-            if not isinstance(lora, dict) or "weight" not in lora:
-                raise Refusal(_key_not_found("weight"))
-    if key == "controls":
-        for control in value if isinstance(value, list) else []:
-            missing = [f for f in CONTROL_FIELDS if f not in control]
-            if missing:
-                raise Refusal(_key_not_found(missing[0]))
+    if key in ("loras", "controls"):
+        _decode_entries(key, value)
     return False, value
+
+
+# Each field of a JSLoRA / JSControl: its Swift type, and whether it may be absent or null.
+ENTRY_FIELDS: dict[str, dict[str, tuple[str, bool]]] = {
+    "loras": {"file": ("String", True), "weight": ("Float", False), "mode": ("String", True)},
+    "controls": {"file": ("String", True), **{f: (t, False) for f, t in (
+        ("weight", "Float"), ("guidanceStart", "Float"), ("guidanceEnd", "Float"),
+        ("noPrompt", "Bool"), ("globalAveragePooling", "Bool"), ("downSamplingRate", "Float"),
+        ("controlImportance", "String"), ("inputOverride", "String"),
+        ("targetBlocks", "Array<String>"))}},
+}  # fmt: skip
+
+
+def _decode_entries(key: str, value: Any) -> None:
+    """`loras` and `controls` decode as arrays of JSLoRA / JSControl: any other shape, a
+    required field missing, or a field of another type is a DecodingError (422)."""
+    path = f'CodingKeys(stringValue: "{key}", intValue: nil)'
+    if not isinstance(value, list):
+        raise Refusal(f"typeMismatch(Swift.Array<Any>, Swift.DecodingError.Context(codingPath: "
+                      f'[{path}], debugDescription: "Expected to decode Array<Any> but found '
+                      f'{_json_name(value)} instead.", underlyingError: nil))')  # fmt: skip
+    for i, entry in enumerate(value):
+        at = f'{path}, _JSONKey(stringValue: "Index {i}", intValue: {i})'
+        if not isinstance(entry, dict):
+            raise Refusal(f"typeMismatch(Swift.Dictionary<Swift.String, Any>, Swift.Decoding"
+                          f"Error.Context(codingPath: [{at}], debugDescription: \"Expected to "
+                          f'decode Dictionary<String, Any> but found {_json_name(entry)} '
+                          'instead.", underlyingError: nil))')  # fmt: skip
+        for name, (swift, optional) in ENTRY_FIELDS[key].items():
+            if name not in entry and not optional:
+                raise Refusal(_key_not_found(name))
+            if entry.get(name) is None:
+                if not optional:  # a value was required: JSONDecoder found null
+                    raise Refusal(
+                        f"valueNotFound(Swift.{swift}, Swift.DecodingError.Context(codingPath: "
+                        f'[{at}, CodingKeys(stringValue: "{name}", intValue: nil)], '
+                        f'debugDescription: "Expected {swift} value but found null instead.", '
+                        "underlyingError: nil))"
+                    )
+                continue
+            if not _is_swift(swift, entry[name]):
+                raise Refusal(
+                    f"typeMismatch(Swift.{swift}, Swift.DecodingError.Context(codingPath: [{at}, "
+                    f'CodingKeys(stringValue: "{name}", intValue: nil)], debugDescription: '
+                    f'"Expected to decode {swift} but found {_json_name(entry[name])} '
+                    'instead.", underlyingError: nil))'
+                )
+
+
+def _is_swift(swift: str, value: Any) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if swift == "Float":
+        return number
+    if swift == "Bool":
+        return isinstance(value, bool)
+    if swift == "String":
+        return isinstance(value, str)
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _json_name(value: Any) -> str:
+    """How Foundation names a JSON value in a type mismatch."""
+    if isinstance(value, dict):
+        return "a dictionary"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, str):
+        return "a string/data"
+    if isinstance(value, bool):
+        return "bool"
+    return "a number" if value is not None else "null"
 
 
 def _key_not_found(name: str) -> str:
@@ -273,10 +448,10 @@ def decode(app: DrawThingsApp, path: str, raw: bytes) -> Job:
     return job
 
 
-def model_file(name: str) -> str | None:
-    if name in MODELS:
-        return name
-    return next((f for f, spec in MODELS.items() if spec[0] == name), None)
+def model_spec(app: DrawThingsApp, name: str) -> dict[str, Any] | None:
+    """A model named by file or display name, among what the app knows."""
+    specs = app.specs("model")
+    return specs.get(name) or next((s for s in specs.values() if s["name"] == name), None)
 
 
 def _missing_file(app: DrawThingsApp, name: str) -> None:
@@ -291,28 +466,28 @@ def _invocation(app: DrawThingsApp, job: Job) -> None:
     name = config.get("model")
     if name is None:
         raise Refusal("Missing 'model' parameter")
-    file = model_file(name)
-    if file is None:
+    spec = model_spec(app, name)
+    if spec is None:
         raise Refusal(f'Unrecognized model name "{name}" (see --help for a list of available '
                       "models)")  # fmt: skip
     for lora in config.get("loras") or []:
-        _missing_file(app, str(lora.get("file", "")))
+        _missing_file(app, str(lora.get("file") or ""))
     if config.get("upscaler"):
         _missing_file(app, config["upscaler"])
     for face in FACES if job.faces else []:
         _missing_file(app, face)
-    if not all(app.has(f) for f in (file, *MODELS[file][2])):
+    if not all(app.has(f) for f in model_files(spec)):
         raise Refusal("Missing files for model, see --help for a list of which files this "
                       "model needs")  # fmt: skip
-    config["model"] = file
+    config["model"] = spec["file"]
     refiner = config.get("refiner_model")
     if refiner:
-        rfile = model_file(refiner)
-        if rfile is None or not all(app.has(f) for f in (rfile, *MODELS[rfile][2])):
+        rspec = model_spec(app, refiner)
+        if rspec is None or not all(app.has(f) for f in model_files(rspec)):
             job.dropped.append(f"refiner_model {refiner!r}: unknown or not downloaded")
             config["refiner_model"] = None
         else:
-            config["refiner_model"] = rfile
+            config["refiner_model"] = rspec["file"]
     if config.get("prompt") is None:
         raise Refusal("Missing prompt")
 
@@ -322,13 +497,16 @@ def generate(
 ) -> tuple[list[bytes], dict[str, Any]]:
     """What the generator does with a decoded job: the images and what was really applied."""
     c, dropped = job.config, job.dropped
-    model, version = c["model"], MODELS[c["model"]][1]
+    models = app.specs("model")
+    model, version = c["model"], models[c["model"]]["version"]
     refiner = c.get("refiner_model")
+    rversion = None
     if refiner is not None:
-        rversion = MODELS[refiner][1]
+        rversion = models[refiner]["version"]
         if refiner == model or (rversion != version and not {rversion, version} <= SDXL_FAMILY):
             dropped.append(f"refiner_model {refiner!r}: the base model itself or incompatible")
-            refiner = None
+            refiner, rversion = None, None
+    loras = _loras(app, c.get("loras") or [], {version, rversion} - {None}, dropped)
     strength = 1.0 if path == "txt2img" else float(c["strength"])
     controls = [_control(app, ctl, version, path, dropped) for ctl in c.get("controls") or []]
     width, height = c["width"] // 64 * 64, c["height"] // 64 * 64
@@ -355,10 +533,26 @@ def generate(
     applied = {
         "model": model, "refiner_model": refiner, "upscaler": c.get("upscaler") or None,
         "upscale_factor": factor, "controls": [f for f in controls if f], "hires_fix": hires,
-        "strength": strength, "size": list(size), "loras": [x["file"] for x in c["loras"] or []],
+        "strength": strength, "size": list(size), "loras": loras,
         "restore_faces": job.faces, "color_calibration": c.get("color_calibration"),
     }  # fmt: skip
     return images, applied
+
+
+def _loras(
+    app: DrawThingsApp, loras: list[dict[str, Any]], versions: set[Any], dropped: list[str]
+) -> list[str]:
+    """The LoRA files the generator applies: one without a specification counts as v1, and
+    one for neither the model's nor the refiner's version is dropped."""
+    specs, used = app.specs("lora"), []
+    for lora in loras:
+        file = lora.get("file")
+        version = specs.get(str(file), {}).get("version", "v1")
+        if version in versions:
+            used.append(str(file))
+        else:
+            dropped.append(f"loras {file!r}: for {version} models, not {sorted(versions)}")
+    return used
 
 
 def _control(
@@ -366,7 +560,8 @@ def _control(
 ) -> str | None:
     """The file of a control the generator uses, or None (and why, in `dropped`)."""
     file = ctl.get("file")
-    spec = CONTROLNETS.get(str(file))
+    spec = app.specs("controlnet").get(str(file))
+    modifier = (spec or {}).get("modifier") or ""
     override = str(ctl.get("inputOverride", "")).lower()
     override = override if override in INPUT_OVERRIDES else ""
     why = None
@@ -374,13 +569,13 @@ def _control(
         why = "no ControlNet specification for this file"
     elif not app.has(file):
         why = "not downloaded"
-    elif spec[0] != version:
-        why = f"for {spec[0]} models, the model is {version}"
+    elif spec["version"] != version:
+        why = f"for {spec['version']} models, the model is {version}"
     elif not float(ctl.get("weight", 0)) > 0:
         why = "weight <= 0"
-    elif not (spec[1] or override):
+    elif not (modifier or override):
         why = "a union ControlNet without a recognised inputOverride"
-    elif (spec[1] or override) in NEEDS_INPUT and path == "txt2img":
+    elif (modifier or override) in NEEDS_INPUT and path == "txt2img":
         why = "no input image on txt2img"
     if why:
         dropped.append(f"controls {file!r}: {why}")

@@ -6,17 +6,24 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
 from emif_daemon.resemblance import compare, look
-from tests import sdapi_server
+from tests import fake_drawthings, sdapi_server
 from tests.conftest import serving
 
 TXT = "/sdapi/v1/txt2img"
 IMG = "/sdapi/v1/img2img"
+CONTROL: dict[str, Any] = {
+    "file": "controlnet_tile_1.x_v1.1_f16.ckpt", "weight": 0.5, "guidanceStart": 0.0,
+    "guidanceEnd": 1.0, "noPrompt": False, "globalAveragePooling": False,
+    "downSamplingRate": 1.0, "controlImportance": "balanced", "inputOverride": "",
+    "targetBlocks": [],
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +75,15 @@ def test_draw_things_routes_and_answers(dt: sdapi_server.SdapiHTTPServer) -> Non
         ({"upscaler": "4x UltraSharp"}, "Missing file: 4x UltraSharp (in CLI"),
         ({"loras": [{"file": "a.ckpt"}]}, 'keyNotFound(CodingKeys(stringValue: "weight"'),
         ({"controls": [{"file": "c.ckpt", "weight": 1}]}, "keyNotFound("),
+        # `loras` / `controls` decode as arrays of objects with typed fields
+        ({"loras": {"file": "a.ckpt", "weight": 1}}, "typeMismatch(Swift.Array<Any>"),
+        ({"controls": {}}, "typeMismatch(Swift.Array<Any>"),
+        ({"loras": ["a.ckpt"]}, "typeMismatch(Swift.Dictionary<Swift.String, Any>"),
+        ({"loras": [{"file": "a.ckpt", "weight": "1"}]}, "typeMismatch(Swift.Float"),
+        ({"controls": [{**CONTROL, "weight": "0.5"}]}, "typeMismatch(Swift.Float"),
+        ({"controls": [{**CONTROL, "noPrompt": 0}]}, "typeMismatch(Swift.Bool"),
+        ({"controls": [{**CONTROL, "targetBlocks": "all"}]}, "typeMismatch(Swift.Array<String>"),
+        ({"controls": [{**CONTROL, "inputOverride": None}]}, "valueNotFound(Swift.String"),
         ({"model": "SDXL Base (v2)"}, 'Unrecognized model name "SDXL Base (v2)"'),
         ({"prompt": None}, "Missing prompt"),
         ({"restore_faces": "yes"}, "typeMismatch(Swift.Bool"),
@@ -123,6 +139,42 @@ def test_draw_things_silent_drops_are_recorded(dt: sdapi_server.SdapiHTTPServer)
     assert dt.state.generations()[-1].applied["controls"] == [union["file"]]
     post(dt, TXT, {"prompt": "p", "width": 128, "height": 128, "controls": [tile["controls"][0]]})
     assert dt.state.generations()[-1].applied["controls"] == []  # no input image on txt2img
+
+
+def test_draw_things_knows_only_the_specifications_it_has_registered(tmp_path: Path) -> None:
+    """A model, ControlNet or LoRA file is usable only with its specification: built in, or
+    in the registry the app writes when it downloads one (custom*.json)."""
+    with serving("drawthings") as fresh:
+        app = fresh.state.app
+        app.use_folder(tmp_path / "Models")
+        xinsir = fake_drawthings.XINSIR_UNION["file"]
+        assert json.loads((tmp_path / "Models" / "custom_controlnet.json").read_text())[0][
+            "file"] == xinsir  # fmt: skip
+        source = fresh.state.pictures.render("seed:2", 256, 256)
+        control = {**CONTROL, "file": xinsir, "inputOverride": "tile"}
+        body = {"prompt": "p", "init_images": [b64(source)], "width": 256, "height": 256,
+                "strength": 0.3, "model": "juggernaut_xl_v9_q6p_q8p.ckpt",
+                "controls": [control]}  # fmt: skip
+        assert post(fresh, IMG, body).status_code == 200
+        assert fresh.state.generations()[-1].applied["controls"] == [xinsir]
+        app.unregister("controlnet", xinsir)  # the file stays, its specification goes
+        post(fresh, IMG, body)
+        assert fresh.state.generations()[-1].applied["controls"] == []
+        assert "no ControlNet specification" in fresh.state.generations()[-1].dropped[0]
+        app.unregister("model", "juggernaut_xl_v9_q6p_q8p.ckpt")
+        assert post(fresh, IMG, body).json()["detail"].startswith(
+            'Unrecognized model name "juggernaut_xl_v9_q6p_q8p.ckpt"')  # fmt: skip
+        # the 8-bit refiner by its display name, as the app spells it
+        refined = {"prompt": "p", "width": 128, "height": 128,
+                   "refiner_model": "SDXL Refiner v1.0 (8-bit)"}  # fmt: skip
+        assert post(fresh, TXT, refined).status_code == 200
+        applied = fresh.state.generations()[-1].applied["refiner_model"]
+        assert applied == "sd_xl_refiner_1.0_q6p_q8p.ckpt"
+        # a LoRA without a specification counts as an SD 1.5 one: dropped on SDXL
+        app.install("lora", fake_drawthings.MORE_DETAILS, register=False)
+        lora = {**refined, "loras": [{"file": fake_drawthings.MORE_DETAILS["file"], "weight": 1}]}
+        assert post(fresh, TXT, lora).status_code == 200
+        assert fresh.state.generations()[-1].applied["loras"] == []
 
 
 def test_draw_things_sizes_and_strength(dt: sdapi_server.SdapiHTTPServer) -> None:

@@ -430,7 +430,8 @@ def test_check_refuses_a_recipe_written_for_the_other_server(tmp_path: Path) -> 
 
 def test_check_names_keys_an_older_draw_things_build_does_not_know(tmp_path: Path) -> None:
     with serving("drawthings") as server:
-        cfg = shipped(tmp_path / "old", "config.toml", server.url)
+        server.state.app.use_folder(tmp_path / "Models")
+        cfg = shipped(tmp_path / "old", "config.toml", server.url, tmp_path / "Models")
         server.state.app.build_before("2025-07-20")
         old = run_emif("check", "--config", str(cfg))
         server.state.app.build_before("2027-01-01")

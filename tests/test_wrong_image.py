@@ -22,7 +22,7 @@ from emif_daemon.findings import Use
 from emif_daemon.preflight import check
 from emif_daemon.sdapi import Server, parse_answer
 from emif_daemon.stages.upscale import item_seed
-from tests import sdapi_server
+from tests import fake_drawthings, sdapi_server
 from tests.conftest import REPO, fast_sections, log_lines, run_emif, serving, write_config
 
 pytestmark = pytest.mark.slow
@@ -339,3 +339,164 @@ def test_parse_answer_reads_the_grid_offset_and_why_info_is_unreadable() -> None
     assert a1111_info_problem({}, None, bare.info_error) is not None
     odd = parse_answer({"images": texts, "info": "[1]"}, 1, 0.0)
     assert odd.info_error == "has an `info` that is not a JSON object (list)"
+
+
+# -- Draw Things: names not verified, and the app's registries -------------------------------
+
+
+def shipped_dt(work: Path, url: str, models: Path, extra: str = "") -> Path:
+    """config.toml as shipped, against `url`, with `models` as Draw Things' models folder."""
+    work.mkdir()
+    (work / "recipes").symlink_to(REPO / "recipes")
+    text = (REPO / "config.toml").read_text().replace("http://127.0.0.1:7860", url)
+    text = text.replace('root = "../pipeline"', 'root = "pipeline"')
+    line = 'models_folders = ["~/Library/Containers/com.liuliu.draw-things/Data/Documents/Models"]'
+    assert line in text
+    text = text.replace(line, f"models_folders = [{json.dumps(str(models))}]")
+    text = text.replace("[segment]\nenabled = true", "[segment]\nenabled = false")
+    text = text.replace('mode = "auto"', 'mode = "poll"').replace("settle_s = 2 ", "settle_s = 0 ")
+    cfg = work / "config.toml"
+    cfg.write_text(text + extra)
+    assert run_emif("init", "--config", str(cfg)).returncode == 0
+    return cfg
+
+
+SHIPPED_NAMES = {  # stage → every name the shipped recipes give Draw Things
+    "generate": {"model": "sd_xl_base_1.0_f16.ckpt", "refiner_model": "sd_xl_refiner_1.0_f16.ckpt"},
+    "upscale": {"model": "juggernaut_xl_v9_q6p_q8p.ckpt", "upscaler": "4x_ultrasharp_f16.ckpt",
+                "controls[0].file": "controlnet_xinsir_union_promax_sdxl_1.0_f16.ckpt"},
+}  # fmt: skip
+
+
+def test_check_says_not_verified_per_name_and_fails_unless_allowed(tmp_path: Path) -> None:
+    with serving("drawthings") as server:
+        cfg = shipped_dt(tmp_path / "w", server.url, tmp_path / "no such folder")
+        strict = run_emif("check", "--config", str(cfg))
+        allowed = run_emif("check", "--allow-unverified", "--config", str(cfg))
+    assert strict.returncode == 1
+    assert allowed.returncode == 0, allowed.stdout
+    for stage, names in SHIPPED_NAMES.items():
+        for key, name in names.items():
+            lines = [
+                line
+                for line in strict.stdout.splitlines()
+                if line.startswith(f"{stage}: ") and f'{key} "{name}": not verified' in line
+            ]
+            assert len(lines) >= 1, (stage, key, strict.stdout)  # fmt: skip
+            assert "server.models_folders" in lines[0]
+    assert "ok (" not in strict.stdout
+    assert "name(s) not verified)" in allowed.stdout
+
+
+def test_the_daemon_warns_once_per_unverified_name(tmp_path: Path) -> None:
+    with serving("drawthings") as server:
+        cfg = shipped_dt(tmp_path / "w", server.url, tmp_path / "no such folder")
+        root = cfg.parent / "pipeline"
+        enqueue(root, 2)
+        result = run_emif("run", "--once", "--stages", "generate", "--config", str(cfg))
+    assert result.returncode == 0, result.stderr[-2000:]
+    said = [e["warning"] for e in log_lines(root) if e["event"] == "preflight_unverified"]
+    assert len(said) == len(set(said)) == 2  # the model and the refiner, once each
+    assert all("not verified" in w for w in said)
+
+
+def test_the_other_mac_case_names_the_server() -> None:
+    from emif_daemon.preflight import _folders  # noqa: PLC0415
+
+    folders, why = _folders("http://studio-mac.local:7860", ["/tmp"])
+    assert folders is None
+    assert "Draw Things runs on another machine (http://studio-mac.local:7860)" in why
+
+
+@pytest.mark.parametrize(
+    ("case", "words"),
+    [
+        ("unregistered controlnet", 'controls[0].file "controlnet_xinsir_union_promax_sdxl_1.0'
+         '_f16.ckpt" is not built into Draw Things and it is not in custom_controlnet.json'),
+        ("unreadable entry", "its entry in custom_controlnet.json cannot be read: it has no "
+         '"global_average_pooling"'),
+        ("unregistered model", 'model "juggernaut_xl_v9_q6p_q8p.ckpt" is not built into Draw '
+         "Things and it is not in custom.json"),
+    ],
+)  # fmt: skip
+def test_check_reads_the_apps_registries_for_every_name(
+    tmp_path: Path, case: str, words: str
+) -> None:
+    xinsir = fake_drawthings.XINSIR_UNION
+    with serving("drawthings") as server:
+        app = server.state.app
+        app.use_folder(tmp_path / "Models")
+        if case == "unregistered controlnet":
+            app.unregister("controlnet", xinsir["file"])
+        elif case == "unreadable entry":
+            app.unregister("controlnet", xinsir["file"])
+            broken = {k: v for k, v in xinsir.items() if k != "global_average_pooling"}
+            (tmp_path / "Models" / "custom_controlnet.json").write_text(json.dumps([broken]))
+        else:
+            app.unregister("model", "juggernaut_xl_v9_q6p_q8p.ckpt")
+        cfg = shipped_dt(tmp_path / "w", server.url, tmp_path / "Models")
+        checked = run_emif("check", "--config", str(cfg))
+    assert checked.returncode == 1
+    (line,) = [s for s in checked.stdout.splitlines() if words in s]
+    assert line.startswith("upscale: recipes/drawthings-juggernaut-tile.json (upscale.passes[1])")
+    assert "download it from Draw Things' model list" in line
+    assert "generate: ok" in checked.stdout
+
+
+def test_a_lora_for_another_model_version_is_refused(tmp_path: Path) -> None:
+    with serving("drawthings") as server:
+        app = server.state.app
+        app.use_folder(tmp_path / "Models")
+        app.install("lora", fake_drawthings.MORE_DETAILS)  # an SD 1.5 LoRA
+        app.install("lora", fake_drawthings.SDXL_RENDER, register=False)
+        lora = fake_drawthings.MORE_DETAILS["file"]
+        loose = fake_drawthings.SDXL_RENDER["file"]
+        server_ = Server(server.url, connect_timeout=2, read_timeout=10)
+        loras = [{"file": lora, "weight": 0.6}, {"file": loose, "weight": 1}]
+        payload = {**SMALL_DT, "model": "sd_xl_base_1.0_f16.ckpt", "loras": loras}
+        found = check(server_, [Use("generate", payload, "txt2img")],
+                      models_folders=[tmp_path / "Models"])  # fmt: skip
+    registered, unregistered = found.problems
+    assert registered.startswith(f'generate: loras[0].file "{lora}" is for v1 models, not ')
+    assert f'loras[1].file "{loose}" is not in custom_lora.json, so the app takes it for a v1' in (
+        unregistered
+    )
+
+
+def test_the_creative_upscale_recipe_runs_as_the_community_script_does(tmp_path: Path) -> None:
+    """recipes/drawthings-creative-upscale-sd15.json on a Mac that downloaded what the
+    script downloads: Juggernaut Reborn, its three LoRAs, the SD 1.5 tile ControlNet."""
+    extra = "".join(
+        f'\n[[upscale.passes]]\ninclude = "recipes/drawthings-{name}.json"\n'
+        for name in ("upscale-ultrasharp", "creative-upscale-sd15")
+    )
+    with serving("drawthings") as server:
+        app = server.state.app
+        app.use_folder(tmp_path / "Models")
+        app.install("model", fake_drawthings.JUGGERNAUT_REBORN)
+        app.install("lora", fake_drawthings.MORE_DETAILS)
+        app.install("lora", fake_drawthings.SDXL_RENDER)
+        app.files.add("tcd_sd_v1.5_lora_f16.ckpt")
+        (tmp_path / "Models" / "tcd_sd_v1.5_lora_f16.ckpt").write_bytes(b"")
+        cfg = shipped_dt(tmp_path / "w", server.url, tmp_path / "Models")
+        text = cfg.read_text()
+        passes = text.index("[[upscale.passes]]")
+        cfg.write_text(text[:passes] + text[text.index("[segment]"):] + extra)  # fmt: skip
+        checked = run_emif("check", "--config", str(cfg))
+        root = cfg.parent / "pipeline"
+        enqueue(root, 1)
+        result = run_emif("run", "--once", "--config", str(cfg), timeout=300)
+        creative = [r for r in server.state.generations() if r.payload.get("strength") == 0.4]
+    assert checked.returncode == 0, checked.stdout
+    assert result.returncode == 0, result.stderr[-2000:]
+    (rec,) = creative
+    assert rec.applied["model"] == "juggernaut_reborn_q6p_q8p.ckpt"
+    assert rec.applied["loras"] == [fake_drawthings.MORE_DETAILS["file"],
+                                    fake_drawthings.SDXL_RENDER["file"],
+                                    "tcd_sd_v1.5_lora_f16.ckpt"]  # fmt: skip
+    assert rec.applied["controls"] == ["controlnet_tile_1.x_v1.1_f16.ckpt"]
+    assert rec.dropped == []
+    assert rec.app_values == {}
+    sidecar = json.loads(pngs(root / "UPSCALED_IMAGES")[0].with_suffix(".json").read_text())
+    assert sidecar["recipes"] == ["recipes/drawthings-upscale-ultrasharp.json",
+                                  "recipes/drawthings-creative-upscale-sd15.json"]  # fmt: skip
