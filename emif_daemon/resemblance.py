@@ -39,6 +39,7 @@ DETAIL_FLOOR = 0.25
 ONE_COLOUR = 2.0  # every channel's standard deviation at SIDE² below this: one colour
 # Modes Pillow reduces directly; anything else (palette, 16-bit) is converted first.
 REDUCIBLE = {"L", "RGB", "RGBA"}
+MAX_PIXELS = 8192 * 8192  # larger than any answer asked for: not decoded (memory)
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,8 @@ def look(data: bytes) -> Look:
 
     try:
         with Image.open(BytesIO(data)) as img:
+            if img.size[0] * img.size[1] > MAX_PIXELS:
+                raise ValueError(f"{img.size[0]}×{img.size[1]} pixels is too large to check")
             return look_image(img)
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:  # a broken image
         raise ValueError(f"cannot decode the image: {exc}") from exc
