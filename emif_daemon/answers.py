@@ -9,10 +9,32 @@ ControlNet appends are the only trace. Draw Things reports nothing of the kind.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any
 
 from .dialects import checkpoint_stem
+
+
+def read_info(raw: object) -> tuple[dict[str, Any] | None, str | None]:
+    """A1111's `info` (a JSON string of an object): (the object, None) or (None, why not)."""
+    if raw is None:
+        return None, "has no `info`"
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            return None, f"has an `info` that is not JSON ({exc})"
+    if not isinstance(raw, dict):
+        return None, f"has an `info` that is not a JSON object ({type(raw).__name__})"
+    return raw, None
+
+
+def first_image(info: dict[str, Any] | None) -> int:
+    """Where the images asked for start: A1111 puts a grid first when it saves a batch
+    (`save_images`), and says so in `info.index_of_first_image`."""
+    first = (info or {}).get("index_of_first_image", 0)
+    return first if isinstance(first, int) and not isinstance(first, bool) and first > 0 else 0
 
 
 def _same_checkpoint(asked: str, name: Any, short_hash: Any) -> bool:

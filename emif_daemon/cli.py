@@ -171,10 +171,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     from .logs import configure_logging  # noqa: PLC0415
     from .preflight import check_config  # noqa: PLC0415
 
-    cfg = _config(args)
+    cfg, allow = _config(args), args.allow_unverified
     configure_logging(host=host_id(cfg), level="critical")  # only the lines printed
-    stages = enabled_stages(cfg, _stage_list(args.stages))
-    lines, ok = check_config(cfg, stages, allow_unverified=args.allow_unverified)
+    lines, ok = check_config(cfg, enabled_stages(cfg, _stage_list(args.stages)), allow=allow)
     for line in lines:
         print(line)
     return EXIT_OK if ok else EXIT_FAILED
@@ -349,12 +348,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p = command("check", cmd_check, "can the servers do what the recipes say? exit 1 if not")
     p.add_argument("--stages", help="comma-separated subset of generate,upscale")
-    p.add_argument(
-        "--allow-unverified",
-        action="store_true",
-        help="exit 0 when Draw Things' files cannot be checked here (another Mac, unreadable "
-        "folder) and nothing else is wrong",
-    )
+    p.add_argument("--allow-unverified", action="store_true",
+                   help="pass names Draw Things' files here cannot verify")  # fmt: skip
     p = command("enqueue", cmd_enqueue, "copy a prompts file into queue/ safely")
     p.add_argument("file")
     p.add_argument("--force", action="store_true", help="enqueue even if invalid")

@@ -172,10 +172,10 @@ class Preflight:
 
 
 def check_config(
-    cfg: Config, stages: Sequence[str], *, allow_unverified: bool = False
+    cfg: Config, stages: Sequence[str], *, allow: bool = False
 ) -> tuple[list[str], bool]:
     """`emif check`: a line per problem (and warning) of each stage, and whether all is well:
-    no problem, and every name verified unless `allow_unverified`."""
+    no problem, and every name verified unless `allow` (--allow-unverified)."""
     uses = {
         "generate": (cfg.server.url, [Use("generate", cfg.generate.payload, "txt2img")]),
         "upscale": (cfg.upscale_url, pass_uses(cfg.upscale.passes)),
@@ -203,7 +203,7 @@ def check_config(
         lines += [f"{stage}: warning: {w}" for w in found.warnings]
         lines += [f"{stage}: {u}" for u in found.unverified]
         lines += [f"{stage}: {p}" for p in found.problems]
-        passed = not found.problems and (allow_unverified or not found.unverified)
+        passed = not found.problems and (allow or not found.unverified)
         ok = ok and passed
         if passed:
             unsure = f", {len(found.unverified)} name(s) not verified" if found.unverified else ""

@@ -122,6 +122,17 @@ def _img2img_steps(use: Use, found: Findings) -> None:
         )
 
 
+def _absent(path: str) -> bool:
+    """The file is certainly not there (a folder this user may not read says nothing)."""
+    try:
+        Path(path).stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
 # Where AUTOMATIC1111 keeps each family's weights, under its models/ folder.
 WEIGHT_FOLDERS = (("R-ESRGAN", "RealESRGAN"), ("ESRGAN", "ESRGAN"), ("SwinIR", "SwinIR"),
                   ("DAT", "DAT"), ("ScuNET", "ScuNET"), ("LDSR", "LDSR"))  # fmt: skip
@@ -144,7 +155,7 @@ def _weights(use: Use, key: str, name: object, lists: Lists, found: Findings, lo
             f"file into the server's models/{folder}/ folder and restart it (or let it "
             "download once with internet access), or use an upscaler whose weights are there"
         )
-    elif local and not Path(path).exists():
+    elif local and _absent(path):
         found.problems.append(
             f'{use.where}: {key} "{shown}": its weights {path} (model_path in GET '
             "/sdapi/v1/upscalers) are not on disk; AUTOMATIC1111 would answer a plain resize; "

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import requests
 import urllib3
 
+from .answers import first_image, read_info
 from .download import read_whole
 from .errors import (
     EmifError,
@@ -170,27 +171,6 @@ def failure(status: int, detail: str, kind: str) -> EmifError:
             return PermanentItemError(f"AUTOMATIC1111 cannot do this (HTTP {status}): {detail}")
         return TransientError(f"server error (HTTP {status}): {text}")
     return PermanentItemError(f"server refused the request (HTTP {status}): {text}")
-
-
-def read_info(raw: object) -> tuple[dict[str, Any] | None, str | None]:
-    """A1111's `info` (a JSON string of an object): (the object, None) or (None, why not)."""
-    if raw is None:
-        return None, "has no `info`"
-    if isinstance(raw, str):
-        try:
-            raw = json.loads(raw)
-        except ValueError as exc:
-            return None, f"has an `info` that is not JSON ({exc})"
-    if not isinstance(raw, dict):
-        return None, f"has an `info` that is not a JSON object ({type(raw).__name__})"
-    return raw, None
-
-
-def first_image(info: dict[str, Any] | None) -> int:
-    """Where the images asked for start: A1111 puts a grid first when it saves a batch
-    (`save_images`), and says so in `info.index_of_first_image`."""
-    first = (info or {}).get("index_of_first_image", 0)
-    return first if isinstance(first, int) and not isinstance(first, bool) and first > 0 else 0
 
 
 def parse_answer(body: object, expect: int, seconds: float, key: str = "images") -> Answer:

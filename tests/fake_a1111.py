@@ -1,5 +1,6 @@
-"""AUTOMATIC1111 1.10's API (with the ControlNet extension) as a real v1.10.1 behaved
-(../shared/reference/a1111-observed.md), for the tests.
+"""AUTOMATIC1111 1.10's API (with the ControlNet extension) as a real v1.10.1 behaved when
+the team ran it offline on CPU (its observation notes number every place where this server
+differed; the numbers below are theirs), for the tests.
 
 Unknown keys are ignored (and left out of `parameters`, which echoes the whole request model
 with its defaults). A checkpoint override that is not an exact alias, an img2img upscaler it
@@ -13,7 +14,7 @@ steps 1) answers a smooth smear, as one step from pure noise does. `info` is a J
 saying what really ran: `Refiner` only when the refiner swapped in, the first pass's size
 under hi-res fix, `index_of_first_image` 1 when a saved batch puts its grid first.
 
-Where this server still differs from the real one, on purpose (reference table, section 4):
+Where this server still differs from the real one, on purpose (by the notes' numbers):
 - #21 it listens on 127.0.0.1 only: tests never open a port to the network;
 - #22 it answers as soon as it is started: the daemon's wait for `/sdapi/v1/options` is
   tested with a server that is off, then started;
