@@ -1,4 +1,5 @@
-"""What an answer says really ran, checked against what was asked.
+"""What an answer holds (its images, A1111's `info`) and what it says really ran, checked
+against what was asked.
 
 (docs/servers.md#checks-after-each-answer)
 
@@ -9,11 +10,40 @@ ControlNet appends are the only trace. Draw Things reports nothing of the kind.
 
 from __future__ import annotations
 
+import binascii
 import json
 from collections.abc import Mapping
 from typing import Any
 
 from .dialects import checkpoint_stem
+from .errors import TransientError
+
+DECODE_SLICE = 1 << 20  # characters of base64 per decoding step (a multiple of 4)
+
+
+def plain_base64(text: object) -> str:
+    """An answer's image text without a `data:` prefix (accepted on answers, never sent)."""
+    if not isinstance(text, str):
+        raise TransientError(f"answer image is {type(text).__name__}, expected base64 text")
+    return text.partition(",")[2] if text.startswith("data:") else text
+
+
+def decode_image(text: object) -> bytes:
+    """Base64 of one image; a `data:` prefix is accepted on answers (never sent)."""
+    text = plain_base64(text)
+    try:
+        # In slices, so another worker waiting to send its request gets the interpreter
+        # lock between them instead of after 10 ms of decoding a 2048² answer.
+        if len(text) <= DECODE_SLICE:
+            return binascii.a2b_base64(text, strict_mode=True)
+        if len(text) % 4:
+            raise binascii.Error("base64 length is not a multiple of 4")
+        return b"".join(
+            binascii.a2b_base64(text[i : i + DECODE_SLICE], strict_mode=True)
+            for i in range(0, len(text), DECODE_SLICE)
+        )
+    except (binascii.Error, ValueError) as exc:
+        raise TransientError(f"answer image is not valid base64: {exc}") from exc
 
 
 def read_info(raw: object) -> tuple[dict[str, Any] | None, str | None]:

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import requests
 
-from emif_daemon.answers import a1111_info_problem, a1111_maps_problem
+from emif_daemon.answers import a1111_info_problem, a1111_maps_problem, decode_image
 from emif_daemon.config import parse_config
 from emif_daemon.dialects import (
     Recipe,
@@ -37,7 +37,6 @@ from emif_daemon.sdapi import (
     IMG2IMG,
     TXT2IMG,
     Server,
-    decode_image,
     detect_kind,
     error_detail,
     failure,

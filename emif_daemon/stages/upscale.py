@@ -108,6 +108,7 @@ class UpscaleStage(StageBase):
         digest = sha256(source)
         seed = item_seed(digest)
         current, server_seconds = source, 0.0
+        text: str | None = None  # `current` as base64 when a server sent it so
         before = self._source_look(source, digest, item.source)
         sent: list[dict[str, Any]] = []
         scores: list[dict[str, float]] = []
@@ -116,7 +117,7 @@ class UpscaleStage(StageBase):
             path = EXTRAS if use.endpoint == "extras" else IMG2IMG
             answer = self.server.post(
                 path, payload, priority=self.priority, expect=1, init_image=current,
-                check=work.check,
+                init_text=text, check=work.check,
             )  # fmt: skip
             server_seconds += answer.seconds
             self._check_answer(n, use, payload, answer)
@@ -124,6 +125,7 @@ class UpscaleStage(StageBase):
             if before is not None and after is not None:
                 scores.append(self._content(n, use, before, after))
             current, before = answer.images[0], after
+            text = answer.texts[0] if answer.texts else None
             sent.append(payload)
             work.check()
         size = self.cfg.expect_size
@@ -156,11 +158,11 @@ class UpscaleStage(StageBase):
         )
 
     def _check_answer(self, n: int, use: Use, payload: dict[str, Any], answer: Answer) -> None:
-        """An intermediate image gets only a cheap header-and-end check (the next pass's
-        server decodes it anyway; the last is verified in full); A1111's `info` must show
-        the checkpoint and ControlNet asked for."""
+        """Each answer gets a cheap header-and-end check here (the content check decodes it
+        whole next, and the last is verified in full with its size before it is published);
+        A1111's `info` must show the checkpoint and ControlNet asked for."""
         image = answer.images[0]
-        problem = png_problem(image) if n == len(self.passes) else png_shape(image)
+        problem = png_shape(image)
         if problem:
             raise TransientError(f"pass {n} answer: {problem}")
         kind = self.server.info.kind if self.server.info else None
