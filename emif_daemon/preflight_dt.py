@@ -19,7 +19,6 @@ from .dialects import DT_BY_KEY, dt_payload_problems
 from .findings import Findings, Use
 from .sdapi import Server
 from .zoo import (
-    DT_UPSCALERS,
     FACE_RESTORATION_FILES,
     INPUT_OVERRIDES,
     KNOWN,
@@ -257,11 +256,6 @@ class _UseCheck:
                 self.not_verified(key, name)
             elif not self.files.has(name):
                 self.missing(key, name, EVERY_ITEM)
-            elif key == "upscaler" and name not in DT_UPSCALERS:
-                self.found.warnings.append(
-                    f'{self.use.where}: upscaler "{name}" is not one the daemon knows the factor '
-                    "of: the answer's size is not checked"
-                )
 
     def loras(self, model: Spec | None, refiner: Spec | None) -> None:
         """Each LoRA file must be there (else 422 for every item) and be for the model's or
