@@ -44,7 +44,8 @@ def load_imagefolder(folder: Path) -> pd.DataFrame:
 
 
 def sidecar(folder: Path, name: str) -> dict[str, Any]:
-    return json.loads((folder / name).with_suffix(".json").read_text())
+    doc: dict[str, Any] = json.loads((folder / name).with_suffix(".json").read_text())
+    return doc
 
 
 @pytest.mark.slow
