@@ -58,6 +58,7 @@ def add_image(
         "negative_prompt": "blurry",
         "seed": 1000 + index,
         "payload": {"model": "sd_xl_base_1.0_f16.ckpt", "steps": 30, "width": size},
+        "recipe": "recipes/drawthings-sdxl-txt2img.json",
         "server_url": "http://127.0.0.1:7860",
         "host": "mac-a",
         "source": "nations.json",
@@ -78,6 +79,7 @@ def add_image(
         "source": f"GENERATIONS/{nation}/{category}/{stem}.png",
         "source_sha256": sha(gen),
         "passes": [{"upscaler": "4x_ultrasharp_f16.ckpt", "upscaler_scale": 2}],
+        "recipes": ["recipes/drawthings-upscale-ultrasharp.json"],
         "host": "mac-b",
         "started_at": "2026-11-20T10:01:00Z",
         "finished_at": "2026-11-20T10:02:35Z",
@@ -100,10 +102,14 @@ def add_cutouts(root: Path, nation: str, category: str, up_stem: str, up: bytes,
         _write(folder / name, png(24 + 8 * k, k, alpha=True))
         records.append(
             {
-                "file": name, "bbox": [k, k, 20, 20], "crop_box": [0, 0, 24, 24],
-                "area": 400 - k, "predicted_iou": 0.95, "stability_score": 0.97,
+                "file": name,
+                "bbox": [k, k, 20, 20],
+                "crop_box": [0, 0, 24, 24],
+                "area": 400 - k,
+                "predicted_iou": 0.95,
+                "stability_score": 0.97,
             }
-        )  # fmt: skip
+        )
     manifest = {
         "source": f"UPSCALED_IMAGES/{nation}/{category}/{up_stem}.png",
         "source_sha256": sha(up),

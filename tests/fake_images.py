@@ -3,8 +3,11 @@ what was destroyed.
 
 A generated picture is a grid of coloured cells drawn from a key (the seed). An img2img
 answer redraws its input's grid at the new size, so it resembles the input as a real
-low-strength pass does; a destroyed one is fine random noise. PNGs are built without Pillow
-(rows repeat, so zlib at level 1 is fast) so the servers cost the tests little CPU.
+low-strength pass does. A destroyed one looks the way a real sampler's ruined answers look,
+at the size asked for: smooth colour blobs (one step from pure noise), one flat colour with a
+light fall-off, a blur of the input, one colour, or fine noise (`destroyed`). PNGs are built
+without Pillow where rows repeat (zlib at level 1 is fast) so the servers cost the tests
+little CPU.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import threading
 import zlib
 from collections import OrderedDict
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFilter, UnidentifiedImageError
 
 GRID = 16  # cells per side of a generated picture
-NOISE = 64  # cells per side of a destroyed one
+NOISE = 64  # cells per side of a noise picture
+DESTROYED = ("blobs", "flat", "blurred", "onecolour", "noise")  # what `destroyed` can make
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -116,3 +120,53 @@ def image_size(data: bytes) -> tuple[int, int] | None:
             return img.size
     except (UnidentifiedImageError, OSError, ValueError):
         return None
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _mean_colour(data: bytes | None) -> tuple[int, int, int]:
+    if data is None:
+        return (120, 110, 100)
+    with Image.open(io.BytesIO(data)) as img:
+        r, g, b = img.convert("RGB").resize((1, 1), Image.Resampling.BOX).getpixel((0, 0))  # type: ignore[misc]
+    return int(r), int(g), int(b)
+
+
+def smeared(init: bytes | None, width: int, height: int, seed: int) -> bytes:
+    """Smooth colour blobs around the input's average colour: what one sampling step from
+    pure noise (σ_max) decodes to. Nothing of the input's layout survives."""
+    rnd = random.Random(seed)
+    mean = _mean_colour(init)
+    cells = bytes(
+        max(0, min(255, mean[c] + rnd.randint(-60, 60))) for _ in range(25) for c in range(3)
+    )
+    low = Image.frombytes("RGB", (5, 5), cells)
+    return _png(low.resize((width, height), Image.Resampling.BICUBIC))
+
+
+def destroyed(kind: str, image: bytes, seed: int) -> bytes:
+    """`image` ruined the way `kind` says, at its own size."""
+    size = image_size(image)
+    if size is None:
+        raise ValueError("not an image")
+    width, height = size
+    if kind == "blobs":
+        return smeared(image, width, height, seed)
+    if kind == "noise":
+        return _cells(width, height, _palette(f"noise:{seed}", NOISE))
+    if kind == "blurred":  # a Gaussian blur of σ = 1/32 of the side: 64 px at 2048²
+        with Image.open(io.BytesIO(image)) as img:
+            return _png(img.convert("RGB").filter(ImageFilter.GaussianBlur(max(size) / 32)))
+    r, g, b = _mean_colour(image)
+    if kind == "onecolour":
+        return png_from_rows(width, height, [bytes((r, g, b)) * width], [height])
+    if kind == "flat":  # the average colour, a little darker towards the bottom
+        rows = [
+            bytes(max(0, v - 24 * y // height) for v in (r, g, b)) * width for y in range(height)
+        ]
+        return png_from_rows(width, height, rows, [1] * height)
+    raise ValueError(f"unknown kind {kind!r}; one of {', '.join(DESTROYED)}")

@@ -99,14 +99,23 @@ class Browser:
         with open(self.workdir / "chromium.log", "ab") as log:
             self._proc = subprocess.Popen(
                 [
-                    self.binary, "--headless=new", "--no-sandbox", "--disable-gpu",
-                    "--disable-dev-shm-usage", "--no-first-run", "--no-default-browser-check",
-                    "--disable-extensions", "--hide-scrollbars", "--remote-allow-origins=*",
+                    self.binary,
+                    "--headless=new",
+                    "--no-sandbox",
+                    "--disable-gpu",
+                    "--disable-dev-shm-usage",
+                    "--no-first-run",
+                    "--no-default-browser-check",
+                    "--disable-extensions",
+                    "--hide-scrollbars",
+                    "--remote-allow-origins=*",
                     f"--remote-debugging-port={port}",
-                    f"--user-data-dir={self.workdir / 'profile'}", "about:blank",
+                    f"--user-data-dir={self.workdir / 'profile'}",
+                    "about:blank",
                 ],
-                stdout=log, stderr=log,
-            )  # fmt: skip
+                stdout=log,
+                stderr=log,
+            )
         try:
             self._connect(port)
         except BaseException:
@@ -129,9 +138,10 @@ class Browser:
         self._ws = websocket.create_connection(ws_url, timeout=60, suppress_origin=True)
         target = self.send("Target.createTarget", {"url": "about:blank"}, session=False)
         attached = self.send(
-            "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True},
+            "Target.attachToTarget",
+            {"targetId": target["targetId"], "flatten": True},
             session=False,
-        )  # fmt: skip
+        )
         self._session = attached["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable")
@@ -198,9 +208,13 @@ class Browser:
             raise RuntimeError(f"inspection failed: {found['exceptionDetails']}")
         data = json.loads(found["result"]["value"])
         report = PageReport(
-            url, images=data["images"], broken_images=data["broken"], links=data["links"],
-            text=data["text"], entries=data["entries"],
-        )  # fmt: skip
+            url,
+            images=data["images"],
+            broken_images=data["broken"],
+            links=data["links"],
+            text=data["text"],
+            entries=data["entries"],
+        )
         self._collect(report)
         return report
 

@@ -77,11 +77,15 @@ def real_run(base: Path) -> RealRun:
             run.root,
             server={"url": sdapi.url, "max_attempts": 1},
             segment={
-                "enabled": True, "checkpoint": str(checkpoint), "device": "cpu",
-                "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+                "enabled": True,
+                "checkpoint": str(checkpoint),
+                "device": "cpu",
+                "points_per_side": 4,
+                "pred_iou_thresh": 0.0,
+                "stability_score_thresh": 0.0,
             },
             gallery={"enabled": False},  # `emif gallery` builds it, under test
-        )  # fmt: skip
+        )
         write_config(run.config, sections, EXTRA)
         queue = run.root / "queue"
         queue.mkdir(exist_ok=True)

@@ -10,14 +10,18 @@ Every request is recorded with what really ran (`applied`), what was silently no
 (`dropped`) and, on Draw Things, which keys came from the app window (`app_values`).
 
 Faults are queued per test and used by the next generation request (or the next one sending a
-given seed): "500", "drop", "garbage", "badpng", "empty", "extra", "ok" (none), and on Draw
+given seed): "500", "drop", "garbage", "badpng", "empty", "extra", "ok" (none), on
+AUTOMATIC1111 "noinfo" and "badinfo" (an answer without `info`, or one that is not JSON), on Draw
 Things "gen422" (a failure while generating) and "notready" (a 422 with no reason, as when no
-delegate is ready).
+delegate is ready), and answers a real sampler gives when it ruins a picture — valid PNGs of
+the right size: "blobs" (one step from pure noise), "flat", "blurred", "onecolour", "noise"
+(tests/fake_images.py `destroyed`).
 """
 
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import threading
 import time
@@ -28,7 +32,7 @@ from typing import Any
 
 from tests.fake_a1111 import A1111App, Failure, run_job
 from tests.fake_drawthings import UNSENDABLE, DrawThingsApp, Refusal, decode, generate
-from tests.fake_images import Pictures, make_png
+from tests.fake_images import DESTROYED, Pictures, destroyed, make_png
 
 __all__ = ["Recorded", "SdapiHTTPServer", "SdapiState", "make_png", "png_dims", "start"]
 
@@ -56,7 +60,7 @@ class Recorded:
 
     @property
     def is_generation(self) -> bool:
-        return not self.path.startswith("GET ")
+        return not self.path.startswith(("GET ", "POST "))
 
 
 class SdapiState:
@@ -73,6 +77,9 @@ class SdapiState:
         self.pictures = Pictures()
         self.app = DrawThingsApp()
         self.a1111 = A1111App()
+        # path → (status, Location): answered instead, before anything else (a proxy, a
+        # server moved to another address)
+        self.redirects: dict[str, tuple[int, str]] = {}
 
     @property
     def fixed_images(self) -> dict[tuple[int, int], bytes]:
@@ -115,10 +122,10 @@ class Handler(BaseHTTPRequestHandler):
     server: SdapiHTTPServer
 
     def setup(self) -> None:
-        # Draw Things' HTTP library: 5 s keep-alive and read timeouts, 5 requests a connection
-        self.timeout = 5 if self.server.state.mode == "drawthings" else 30
         self.served = 0
         super().setup()
+        # Draw Things' HTTP library: 5 s keep-alive and read timeouts, 5 requests a connection
+        self.connection.settimeout(5 if self.server.state.mode == "drawthings" else 30)
 
     def log_message(self, *_args: Any) -> None:
         pass
@@ -141,6 +148,9 @@ class Handler(BaseHTTPRequestHandler):
         self.served += 1
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
+        if self._gzip(status, data):  # A1111's GZipMiddleware: answers over 1000 bytes
+            data = gzip.compress(data, compresslevel=1)
+            self.send_header("Content-Encoding", "gzip")
         self.send_header("Content-Length", str(len(data)))
         if self.drawthings:
             self.send_header("Keep-Alive", "timeout=5, max=5")
@@ -152,6 +162,10 @@ class Handler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(data)
 
+    def _gzip(self, status: int, data: bytes) -> bool:
+        accepted = "gzip" in self.headers.get("Accept-Encoding", "")
+        return not self.drawthings and status == 200 and len(data) > 1000 and accepted
+
     def _path(self) -> str:
         return self.path.split("?", 1)[0]
 
@@ -161,15 +175,28 @@ class Handler(BaseHTTPRequestHandler):
         if self.drawthings or auth is None or not self._path().startswith("/sdapi/"):
             return True
         token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-        if self.headers.get("Authorization") == f"Basic {token}":
+        sent = self.headers.get("Authorization")
+        if sent == f"Basic {token}":
             return True
-        self._send(401, {"detail": "Incorrect username or password"},
-                   {"WWW-Authenticate": "Basic"})  # fmt: skip
+        # The webui's exception handler rebuilds the answer: its shape, and no
+        # WWW-Authenticate header.
+        detail = "Not authenticated" if sent is None else "Incorrect username or password"
+        self._send(401, {"error": "HTTPException", "detail": detail, "body": "", "errors": ""})
         return False
+
+    def _redirected(self, method: str, received: float) -> bool:
+        found = self.state.redirects.get(self._path())
+        if found is None:
+            return False
+        self.state.record(Recorded(f"{method} {self._path()}", {}, found[0], received=received))
+        self._send(found[0], b"", {"Location": found[1]})
+        return True
 
     def do_GET(self) -> None:
         received = time.monotonic()
         path = self._path()
+        if self._redirected("GET", received):
+            return
         self.state.record(Recorded(f"GET {path}", {}, 200, received=received))
         if not self._authorised():
             return
@@ -202,6 +229,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def _post(self, received: float) -> None:
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self._redirected("POST", received):
+            return
         routes = DT_ROUTES if self.drawthings else A1_ROUTES
         path = routes.get(self._path())
         if path is None or not self._authorised():
@@ -245,6 +274,12 @@ class Handler(BaseHTTPRequestHandler):
             return 422, dt_error(exc.detail), {}
         except Failure as exc:
             return exc.status, exc.body, {}
+        if fault in DESTROYED:
+            seed = rec.payload.get("seed")
+            rec.images = [
+                destroyed(fault, i, seed if isinstance(seed, int) else 0) for i in rec.images
+            ]
+            body = _with_images(body, key, rec.images)
         return 200, _spoil(body, key, fault), {}
 
     def _generate(
@@ -281,6 +316,17 @@ def _shown(raw: bytes) -> dict[str, Any]:
     )
 
 
+def _with_images(body: dict[str, Any], key: str, images: list[bytes]) -> dict[str, Any]:
+    """The answer with these images in place of the ones asked for (A1111 keeps a grid
+    first and ControlNet maps after them)."""
+    texts = [base64.b64encode(i).decode() for i in images]
+    if key == "image":
+        return {**body, "image": texts[0]}
+    info = json.loads(body["info"]) if isinstance(body.get("info"), str) else {}
+    first = info.get("index_of_first_image", 0)
+    return {**body, key: [*body[key][:first], *texts, *body[key][first + len(texts) :]]}
+
+
 def _spoil(body: dict[str, Any], key: str, fault: str | None) -> dict[str, Any]:
     """The answer's images as a fault wants them."""
     if fault is None or fault == "ok":
@@ -294,6 +340,10 @@ def _spoil(body: dict[str, Any], key: str, fault: str | None) -> dict[str, Any]:
         images = []
     elif fault == "extra":
         images.append(base64.b64encode(make_png(64, 64, 1)).decode())
+    elif fault == "noinfo":
+        body = {k: v for k, v in body.items() if k != "info"}
+    elif fault == "badinfo":
+        body = {**body, "info": "Steps: 30, Sampler: DPM++ 2M"}  # an infotext, not JSON
     if key == "image":
         return {**body, "image": images[0] if images else ""}
     return {**body, "images": images}

@@ -93,10 +93,14 @@ def test_cancel_during_a_run_of_two_daemons_stops_new_claims_and_the_other_goes_
             path = tmp_path / f"{host}.toml"
             path.write_text(text)
             cfgs.append(path)
-        doc = {"defaults": {"seed": 1}, "jobs": [
-            {"nation": "Peru", "category": "family", "prompt": "p", "count": 12}]}  # fmt: skip
-        other = {"defaults": {"seed": 1}, "jobs": [
-            {"nation": "Chile", "category": "family", "prompt": "p", "count": 4}]}  # fmt: skip
+        doc = {
+            "defaults": {"seed": 1},
+            "jobs": [{"nation": "Peru", "category": "family", "prompt": "p", "count": 12}],
+        }
+        other = {
+            "defaults": {"seed": 1},
+            "jobs": [{"nation": "Chile", "category": "family", "prompt": "p", "count": 4}],
+        }
         (root / "queue" / "big.json").write_text(json.dumps(doc))
         procs = [spawn(emif_cmd("run", "--config", str(c))) for c in cfgs]
         try:
@@ -112,9 +116,10 @@ def test_cancel_during_a_run_of_two_daemons_stops_new_claims_and_the_other_goes_
                 p.send_signal(signal.SIGTERM)
             assert [p.wait(30) for p in procs] == [0, 0]
     claims = [
-        e for e in log_lines(root)
+        e
+        for e in log_lines(root)
         if e["event"] == "item_claimed" and e.get("item", "").startswith("Peru/")
-    ]  # fmt: skip
+    ]
     late = [e for e in claims if _epoch(e["timestamp"]) > cancelled_at + 0.5]
     assert late == [], "a host claimed an item of the cancelled batch"
     assert len(pngs(root / "GENERATIONS" / "Peru")) < 12
@@ -143,8 +148,9 @@ def test_plan_shows_names_seeds_and_what_exists_without_writing(
     assert result.returncode == 0, result.stderr
     shown = json.loads(result.stdout)
     assert [i["outputs"] for i in shown["items"]] == [
-        ["Peru/family/Peru_family_2_1.png"], ["Peru/family/Peru_family_3_1.png"],
-    ]  # fmt: skip
+        ["Peru/family/Peru_family_2_1.png"],
+        ["Peru/family/Peru_family_3_1.png"],
+    ]
     assert [i["seed"] for i in shown["items"]] == [6, 7]
     assert shown["items"][0]["payload"]["steps"] == 3
     assert sorted(p for p in root.rglob("*")) == before
@@ -154,15 +160,18 @@ def test_a_batch_through_every_stage_is_summed_up_once(
     root: Path, sdapi: sdapi_server.SdapiHTTPServer
 ) -> None:
     cfg = pipeline_config(root, sdapi.url, upscale=True)
-    doc = {"defaults": {"seed": 1}, "jobs": [
-        {"nation": "Peru", "category": "family", "prompt": "p", "count": 2}]}  # fmt: skip
+    doc = {
+        "defaults": {"seed": 1},
+        "jobs": [{"nation": "Peru", "category": "family", "prompt": "p", "count": 2}],
+    }
     (root / "queue" / "s.json").write_text(json.dumps(doc))
     assert run_emif("run", "--once", "--config", str(cfg)).returncode == 0
     [summary] = [e for e in log_lines(root) if e["event"] == "batch_complete"]
     assert summary["file"] == "s.json"
     assert summary["stages"] == {
-        "generate": {"done": 2, "failed": 0}, "upscale": {"done": 2, "failed": 0},
-    }  # fmt: skip
+        "generate": {"done": 2, "failed": 0},
+        "upscale": {"done": 2, "failed": 0},
+    }
     assert summary["failures"] == []
     assert summary["outputs"] == ["Peru/family"]
     assert (root / ".emif" / "jobs" / "s.complete.json").exists()

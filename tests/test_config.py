@@ -80,16 +80,32 @@ def test_the_constrained_fields_are_found() -> None:
     still has one (new keys add to these sets)."""
     keys = {f"{s}.{n}" for s, n, *_ in LITERAL_FIELDS}
     assert keys >= {
-        "segment.model_type", "segment.device", "segment.cutout", "watch.mode", "logging.level"
-    }  # fmt: skip
+        "segment.model_type",
+        "segment.device",
+        "segment.cutout",
+        "watch.mode",
+        "logging.level",
+    }
     assert {f"{s}.{n}" for s, n, *_ in RANGED_FIELDS} >= {
-        "server.connect_timeout_s", "server.read_timeout_s", "server.max_attempts",
-        "server.max_concurrent", "server.backoff_s", "segment.points_per_side",
-        "segment.points_per_batch", "segment.pred_iou_thresh", "segment.stability_score_thresh",
-        "segment.min_area_fraction", "segment.padding", "segment.recycle_after",
-        "watch.rescan_interval_s", "watch.settle_s", "coordination.heartbeat_s",
-        "coordination.lease_s", "notify.max_retries", "logging.progress_s",
-    }  # fmt: skip
+        "server.connect_timeout_s",
+        "server.read_timeout_s",
+        "server.max_attempts",
+        "server.max_concurrent",
+        "server.backoff_s",
+        "segment.points_per_side",
+        "segment.points_per_batch",
+        "segment.pred_iou_thresh",
+        "segment.stability_score_thresh",
+        "segment.min_area_fraction",
+        "segment.padding",
+        "segment.recycle_after",
+        "watch.rescan_interval_s",
+        "watch.settle_s",
+        "coordination.heartbeat_s",
+        "coordination.lease_s",
+        "notify.max_retries",
+        "logging.progress_s",
+    }
 
 
 @pytest.mark.parametrize(
@@ -188,12 +204,34 @@ def test_shipped_config_loads_with_every_spec_key() -> None:
     assert len(cfg.upscale.passes) == 2
     text = (REPO / "config.toml").read_text()
     for key in (
-        "root", "url", "connect_timeout_s", "read_timeout_s", "max_attempts", "max_concurrent",
-        "prompt_template", "negative_prompt", "server_url", "expect_size", "model_type",
-        "checkpoint", "device", "points_per_side", "pred_iou_thresh", "stability_score_thresh",
-        "min_area_fraction", "cutout", "padding", "mode", "rescan_interval_s", "settle_s",
-        "host_id", "heartbeat_s", "lease_s", "level", "file",
-    ):  # fmt: skip
+        "root",
+        "url",
+        "connect_timeout_s",
+        "read_timeout_s",
+        "max_attempts",
+        "max_concurrent",
+        "prompt_template",
+        "negative_prompt",
+        "server_url",
+        "expect_size",
+        "model_type",
+        "checkpoint",
+        "device",
+        "points_per_side",
+        "pred_iou_thresh",
+        "stability_score_thresh",
+        "min_area_fraction",
+        "cutout",
+        "padding",
+        "mode",
+        "rescan_interval_s",
+        "settle_s",
+        "host_id",
+        "heartbeat_s",
+        "lease_s",
+        "level",
+        "file",
+    ):
         assert f"\n{key} = " in text, key
 
 

@@ -65,8 +65,11 @@ def test_export_of_a_real_run_loads_into_12_rows_matching_the_sidecars(
         assert r["sha256"] == meta["output_sha256"]
         assert (r["nation"], r["category"]) == tuple(r["file_name"].split("/")[:2])
         assert (r["width"], r["height"], r["upscaled_width"], r["upscaled_height"]) == (
-            128, 128, 256, 256,
-        )  # fmt: skip
+            128,
+            128,
+            256,
+            256,
+        )
         assert (top / r["upscaled_path"]).is_file()
         folder = run.root / "SEGMENTS" / Path(r["upscaled_path"]).relative_to("../UPSCALED_IMAGES")
         manifest = json.loads((folder.with_suffix("") / "manifest.json").read_text())
@@ -116,6 +119,9 @@ def test_missing_stages_are_null_or_empty_and_the_card_counts_them(root: Path) -
         assert line in card
     assert "`sd_xl_base_1.0_f16.ckpt` (4 images)" in card
     assert "`4x_ultrasharp_f16.ckpt` (3 images)" in card
+    # which recipe files made them: the card says which "Creative Upscale" it was
+    assert "- txt2img: `recipes/drawthings-sdxl-txt2img.json` (4 images)" in card
+    assert "- upscale pass 1: `recipes/drawthings-upscale-ultrasharp.json` (3 images)" in card
 
 
 def test_an_export_again_gives_the_same_rows_and_an_empty_root_gives_none(

@@ -61,9 +61,12 @@ def test_sweep_removes_dead_writers_temp_files_and_folders_only(tmp_path: Path) 
     keep = tmp_path / "final.png"
     keep.write_bytes(b"done")
     removed = clean_orphans(
-        [tmp_path], machine=MACHINE, server_now=time.time(), max_age_s=6 * 3600,
+        [tmp_path],
+        machine=MACHINE,
+        server_now=time.time(),
+        max_age_s=6 * 3600,
         alive=lambda pid: pid == os.getpid(),
-    )  # fmt: skip
+    )
     assert sorted(removed) == sorted([dead, dead_dir, other_old])
     assert alive.exists()
     assert other_fresh.exists()
@@ -108,9 +111,12 @@ def test_the_sweep_walks_a_tree_of_any_depth_without_recursion(tmp_path: Path) -
     dead = deep / f".x.png.{MACHINE}.999999.abcd1234.emiftmp"
     dead.write_bytes(b"half")
     removed = clean_orphans(
-        [tmp_path], machine=MACHINE, server_now=time.time(), max_age_s=60,
+        [tmp_path],
+        machine=MACHINE,
+        server_now=time.time(),
+        max_age_s=60,
         alive=lambda _pid: False,
-    )  # fmt: skip
+    )
     assert removed == [dead]
     _remove_tree(tmp_path / "d")  # pytest's own clean-up recurses
     assert not (tmp_path / "d").exists()
@@ -132,9 +138,13 @@ def test_the_daemons_sweep_looks_only_where_temp_files_can_be(tmp_path: Path) ->
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"x")
     removed = clean_orphans(
-        [layout.root], machine=MACHINE, server_now=time.time(), max_age_s=60,
-        alive=lambda _pid: False, descend=layout.may_hold_temp_files,
-    )  # fmt: skip
+        [layout.root],
+        machine=MACHINE,
+        server_now=time.time(),
+        max_age_s=60,
+        alive=lambda _pid: False,
+        descend=layout.may_hold_temp_files,
+    )
     assert sorted(removed) == sorted([where["sidecar"], where["cut-out folder"], where["plan"]])
 
 
@@ -150,9 +160,13 @@ def test_a_sidecar_left_under_its_temp_name_by_a_killed_writer_is_put_in_place(
     tmp = write_temp(sidecar, b'{"seed": 1}')
     lone = write_temp(tmp_path / "N_c_2_1.json", b'{"seed": 2}')  # its image never appeared
     removed = clean_orphans(
-        [tmp_path], machine=MACHINE, server_now=time.time(), max_age_s=60,
-        alive=lambda _pid: False, finish=finish_sidecar,
-    )  # fmt: skip
+        [tmp_path],
+        machine=MACHINE,
+        server_now=time.time(),
+        max_age_s=60,
+        alive=lambda _pid: False,
+        finish=finish_sidecar,
+    )
     assert sidecar.read_bytes() == b'{"seed": 1}'
     assert not tmp.exists()
     assert removed == [lone]

@@ -415,9 +415,13 @@ def refresher_for(root: Path, build: Any, **timing: float) -> GalleryRefresher:
     layout.ensure()
     options = {"settle_s": 0.0, "min_interval_s": 0.0, "retry_s": 0.1, **timing}
     return GalleryRefresher(
-        layout, ServerClock(layout.clock, "t"), HostIdentity.current("mac-a"), stale_s=30,
-        build=build, **options,
-    )  # fmt: skip
+        layout,
+        ServerClock(layout.clock, "t"),
+        HostIdentity.current("mac-a"),
+        stale_s=30,
+        build=build,
+        **options,
+    )
 
 
 def test_the_event_sink_returns_at_once_while_a_build_runs(root: Path) -> None:

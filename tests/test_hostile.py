@@ -127,8 +127,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount.mkdir()
     done = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if done.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
     try:
@@ -190,8 +192,10 @@ def test_a_server_that_trickles_its_answer_is_cut_off_at_the_read_timeout() -> N
         conn, _ = listener.accept()
         with conn:
             conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100000\r\n\r\n")  # fmt: skip
+            conn.sendall(
+                b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 100000\r\n\r\n"
+            )
             while not done.wait(0.2):
                 try:
                     conn.sendall(b" ")
@@ -200,8 +204,9 @@ def test_a_server_that_trickles_its_answer_is_cut_off_at_the_read_timeout() -> N
 
     thread = threading.Thread(target=trickle)
     thread.start()
-    server = Server(f"http://127.0.0.1:{listener.getsockname()[1]}", connect_timeout=1,
-                    read_timeout=1.5)  # fmt: skip
+    server = Server(
+        f"http://127.0.0.1:{listener.getsockname()[1]}", connect_timeout=1, read_timeout=1.5
+    )
     server.info = ServerInfo("drawthings", "m")
     started = time.monotonic()
     try:

@@ -109,8 +109,9 @@ def test_names_that_differ_only_in_case_from_an_existing_folder_are_refused(
     gens = tmp_path / "GENERATIONS"
     (gens / "Italy" / "family").mkdir(parents=True)
     parsed = parse(json.dumps({"jobs": [job("italy"), job("Italy", "Family")]}).encode())
-    plan = expand(parsed, file_sha="0" * 64, template="{prompt}", negative_default="",
-                  base_payload={})  # fmt: skip
+    plan = expand(
+        parsed, file_sha="0" * 64, template="{prompt}", negative_default="", base_payload={}
+    )
     problems = existing_spelling_problems(plan, gens)
     assert problems == [
         "jobs[0].nation: 'italy' differs only in case from the existing folder "
@@ -135,8 +136,13 @@ def test_a_plan_costs_memory_per_job_not_per_item() -> None:
     parsed = parse(json.dumps(doc).encode())
     assert parsed.problems == []
     tracemalloc.start()
-    plan = expand(parsed, file_sha="0" * 64, template="{prompt}, photo" * 50,
-                  negative_default="", base_payload={})  # fmt: skip
+    plan = expand(
+        parsed,
+        file_sha="0" * 64,
+        template="{prompt}, photo" * 50,
+        negative_default="",
+        base_payload={},
+    )
     size, _peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert len(plan) == 100_000
@@ -196,8 +202,9 @@ def test_an_invalid_file_found_in_accepted_is_rejected_not_skipped_for_ever(root
     layout = Layout(root)
     layout.ensure()
     (layout.accepted / "bad.json").write_bytes(b'{"jobs": [{"nation": "CON"}]}')
-    later = Inbox(layout, Expansion("{prompt}", "", {}), lambda _e, _d: None,
-                  now=lambda: time.time() + 3600)  # fmt: skip
+    later = Inbox(
+        layout, Expansion("{prompt}", "", {}), lambda _e, _d: None, now=lambda: time.time() + 3600
+    )
     assert later.batches() == []  # no plan: not a batch yet
     later.plan_waiting()  # its acceptor died long ago: any host plans it
     assert (layout.rejected / "bad.json").exists()

@@ -44,8 +44,10 @@ def planned(root: Path) -> list[tuple[str, str]]:
 
 def test_a_second_file_for_a_folder_continues_after_the_first(root: Path) -> None:
     box = inbox(root)
-    first = {"defaults": {"count": 2}, "jobs": [{"nation": "Italy", "category": "working",
-                                               "prompt": "a mechanic"}]}  # fmt: skip
+    first = {
+        "defaults": {"count": 2},
+        "jobs": [{"nation": "Italy", "category": "working", "prompt": "a mechanic"}],
+    }
     box.take(drop(root, "first.json", first))
     box.take(drop(root, "second.json", legacy("a working italian man in a workshop")))
     assert sorted(planned(root)) == [
@@ -71,8 +73,9 @@ def test_a_start_index_over_existing_images_is_refused_naming_them(root: Path) -
     folder = root / "GENERATIONS" / "Italy" / "working"
     folder.mkdir(parents=True)
     (folder / "Italy_working_1_1.png").write_bytes(b"made")
-    again = {"jobs": [{"nation": "Italy", "category": "working", "prompt": "other",
-                       "start_index": 1}]}  # fmt: skip
+    again = {
+        "jobs": [{"nation": "Italy", "category": "working", "prompt": "other", "start_index": 1}]
+    }
     with capture_logs() as logs:
         box.take(drop(root, "b.json", again))
     report = json.loads((root / "queue" / "rejected" / "b.error.json").read_text())
@@ -131,8 +134,9 @@ def test_queue_hygiene_any_case_json_and_strays_said_once(root: Path) -> None:
 
     cfg = parse_config(fast_sections(root), base_dir=root)
     kit = make_kit(cfg)
-    stage = GenerateStage(kit.ctx, cfg.generate, Server("http://127.0.0.1:9",
-                          connect_timeout=1, read_timeout=1))  # fmt: skip
+    stage = GenerateStage(
+        kit.ctx, cfg.generate, Server("http://127.0.0.1:9", connect_timeout=1, read_timeout=1)
+    )
     drop(root, "My Prompts.JSON", legacy("a working man"))
     (root / "queue" / "prompts.txt").write_text("one prompt a line")
     (root / "queue" / "cut.json").write_text('{"jobs": [{"nation": "It')  # mid-copy

@@ -121,7 +121,7 @@ def shipped(work: Path, name: str, url: str, models: Path | None = None) -> Path
 def prompts(
     root: Path, nations: list[str], per: int, payload: dict[str, Any] | None = None
 ) -> None:
-    jobs = [
+    jobs: list[dict[str, Any]] = [
         {"nation": n, "category": c, "prompt": f"a {c} in {n}", "count": per}
         for n in nations
         for c in ("family", "working")
@@ -236,7 +236,9 @@ def test_old_a1111_example_strength_zero_pass_fails_every_upscale_naming_the_pas
     failed = failures(root, "upscale")
     assert len(failed) == 4
     for record in failed.values():
-        assert record["reason"].startswith("pass 1 ([upscale.passes[0]] of the config) destroyed")
+        assert record["reason"].startswith(
+            "pass 1 ([upscale.passes[0]] of the config) did not return its input's picture"
+        )
         assert record["attempts"] == 1
     assert all(
         r.applied.get("destroyed") for r in server.state.generations() if r.path == "img2img"
@@ -414,8 +416,10 @@ def test_after_sigint_no_request_is_sent(root: Path) -> None:
 
 
 def test_check_refuses_a_recipe_written_for_the_other_server(tmp_path: Path) -> None:
-    cases = [("a1111", "config.toml", "Draw Things"),
-             ("drawthings", "examples/a1111.toml", "AUTOMATIC1111")]  # fmt: skip
+    cases = [
+        ("a1111", "config.toml", "Draw Things"),
+        ("drawthings", "examples/a1111.toml", "AUTOMATIC1111"),
+    ]
     for mode, config, other in cases:
         with serving(mode) as server:
             cfg = shipped(tmp_path / mode, config, server.url)
@@ -426,7 +430,8 @@ def test_check_refuses_a_recipe_written_for_the_other_server(tmp_path: Path) -> 
 
 def test_check_names_keys_an_older_draw_things_build_does_not_know(tmp_path: Path) -> None:
     with serving("drawthings") as server:
-        cfg = shipped(tmp_path / "old", "config.toml", server.url)
+        server.state.app.use_folder(tmp_path / "Models")
+        cfg = shipped(tmp_path / "old", "config.toml", server.url, tmp_path / "Models")
         server.state.app.build_before("2025-07-20")
         old = run_emif("check", "--config", str(cfg))
         server.state.app.build_before("2027-01-01")

@@ -93,8 +93,12 @@ def test_a_share_missing_at_start_and_dropped_mid_run_is_waited_for(tmp_path: Pa
         assert proc.wait(30) == 0
     watched = ("share_unavailable", "share_back", "daemon_started")
     assert [e["event"] for e in events(err) if e["event"] in watched] == [
-        "share_unavailable", "share_back", "daemon_started", "share_unavailable", "share_back",
-    ]  # fmt: skip
+        "share_unavailable",
+        "share_back",
+        "daemon_started",
+        "share_unavailable",
+        "share_back",
+    ]
     assert count(logs_in(root / "logs"), "share_unavailable") == 1
 
 

@@ -1,5 +1,5 @@
 """The sdapi client and what it knows of the servers: answers, bodies, error classes, merges,
-expected sizes, `info` checks, resemblance — each against the loopback servers' real texts."""
+expected sizes, `info` checks — each against the loopback servers' real texts."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -22,20 +23,20 @@ from emif_daemon.errors import (
     StageUnavailable,
     TransientError,
 )
-from emif_daemon.servers.answer_checks import a1111_info_problem, a1111_maps_problem
+from emif_daemon.servers.answer_checks import a1111_info_problem, a1111_maps_problem, decode_image
 from emif_daemon.servers.dialects import (
+    Recipe,
     dt_payload_problems,
     guess_kind,
     merge_payload,
     override_problems,
 )
-from emif_daemon.servers.resemblance import band_png, similarity, thumbnail
+from emif_daemon.servers.resemblance import compare, look
 from emif_daemon.servers.sdapi import (
     EXTRAS,
     IMG2IMG,
     TXT2IMG,
     Server,
-    decode_image,
     detect_kind,
     error_detail,
     failure,
@@ -49,7 +50,7 @@ from tests.helpers import free_port, serving
 
 
 def test_request_body_splices_plain_base64_as_the_last_key() -> None:
-    payload = {"prompt": 'a "quoted" / prompt', "loras": [], "refiner_model": None}
+    payload: dict[str, Any] = {"prompt": 'a "quoted" / prompt', "loras": [], "refiner_model": None}
     image = bytes(range(256)) * 100
     body = request_body({**payload, "init_images": ["stale"]}, image)
     doc = json.loads(body)
@@ -98,7 +99,7 @@ def test_server_kind_from_options() -> None:
 
 # -- errors, classified by the server's own text ------------------------------------------
 
-DT_REFUSED = {
+DT_REFUSED: dict[str, dict[str, Any]] = {
     "unknown key": {"prompt": "p", "foo": 1},
     "alias twice": {"prompt": "p", "guidance_scale": 5.0, "cfg_scale": 5.0},
     "out of range": {"prompt": "p", "steps": 500},
@@ -238,20 +239,32 @@ def test_an_alias_override_replaces_the_recipe_key_under_its_spelling() -> None:
     )
     assert cfg.generate.payload["guidance_scale"] == 4.0
     assert "cfg_scale" not in cfg.generate.payload
+    assert isinstance(cfg.generate.payload, Recipe)
     assert cfg.generate.payload.where == "recipes/drawthings-sdxl-txt2img.json (generate.payload)"
 
 
 def test_draw_things_payload_problems_match_what_the_server_refuses() -> None:
     payload = {
-        "guidance_scale": 5.0, "cfg_scale": 5.0, "steps": 500, "sampler": "Euler",
-        "color_calibration": "none", "hr_scale": 2, "hires_fix": 1, "seed": 7,
+        "guidance_scale": 5.0,
+        "cfg_scale": 5.0,
+        "steps": 500,
+        "sampler": "Euler",
+        "color_calibration": "none",
+        "hr_scale": 2,
+        "hires_fix": 1,
+        "seed": 7,
         "controls": [{"file": "x.ckpt", "weight": 1.0}],
-    }  # fmt: skip
+    }
     problems = dt_payload_problems(payload)
     assert [p.split(":")[0] for p in problems] == [
-        "cfg_scale", "steps", "sampler", "color_calibration", "hr_scale", "hires_fix",
+        "cfg_scale",
+        "steps",
+        "sampler",
+        "color_calibration",
+        "hr_scale",
+        "hires_fix",
         "controls[0]",
-    ]  # fmt: skip
+    ]
     assert dt_payload_problems({"cfg_zero_star": False}, known={"model"}) == [
         "cfg_zero_star: this Draw Things build does not know it (added 2025-07-20); update "
         "Draw Things or remove the key"
@@ -285,8 +298,11 @@ def test_expected_size_per_server() -> None:
 
 def test_a1111_info_shows_a_dropped_checkpoint_or_refiner() -> None:
     with serving("a1111") as fake:
-        body = {"override_settings": {"sd_model_checkpoint": "juggernautXL_v9.safetensors"},
-                "refiner_checkpoint": "sd_xl_refiner_1.0", "refiner_switch_at": 0.7}  # fmt: skip
+        body = {
+            "override_settings": {"sd_model_checkpoint": "juggernautXL_v9.safetensors"},
+            "refiner_checkpoint": "sd_xl_refiner_1.0",
+            "refiner_switch_at": 0.7,
+        }
         answer = requests.post(fake.url + TXT2IMG, json=body, timeout=10).json()
         info = json.loads(answer["info"])
         problem = a1111_info_problem(body, info)
@@ -318,31 +334,21 @@ def test_a1111_controlnet_maps_show_whether_it_ran() -> None:
     assert a1111_maps_problem(off, 0) is None
 
 
-def test_resemblance_tells_a_kept_picture_from_a_destroyed_one() -> None:
-    pictures = Pictures()
-    source = pictures.render("seed:5", 1024, 1024)
-    kept = thumbnail(pictures.render("seed:5", 2048, 2048))
-    assert similarity(thumbnail(source), kept) > 0.95
-    assert similarity(thumbnail(source), thumbnail(pictures.render("noise:5", 2048, 2048))) < 0.2
-    assert similarity(thumbnail(source), thumbnail(pictures.render("seed:6", 2048, 2048))) < 0.5
-    assert len(band_png(source)) == len(source)  # the same bytes, a shorter header
-    assert band_png(b"not a png") == b"not a png"
-    with pytest.raises(ValueError, match="cannot decode"):
-        thumbnail(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
-
-
 def test_the_extras_route_upscales_without_diffusion() -> None:
     with serving("a1111") as fake:
         server = Server(fake.url, connect_timeout=2, read_timeout=10)
         source = Pictures().render("seed:1", 256, 256)
         started = time.monotonic()
         answer = server.post(
-            EXTRAS, {"upscaler_1": "4x-UltraSharp", "upscaling_resize": 2}, priority=1,
-            expect=1, init_image=source,
-        )  # fmt: skip
+            EXTRAS,
+            {"upscaler_1": "4x-UltraSharp", "upscaling_resize": 2},
+            priority=1,
+            expect=1,
+            init_image=source,
+        )
         assert time.monotonic() - started < 10
         assert answer.images[0][16:24] == (512).to_bytes(4, "big") * 2
-        assert similarity(thumbnail(source), thumbnail(answer.images[0])) > 0.95
+        assert compare(look(source), look(answer.images[0])).resemblance > 0.95
         zero = {"denoising_strength": 0, "steps": 1, "width": 256, "height": 256}
         ruined = server.post(IMG2IMG, zero, priority=1, expect=1, init_image=source)
-        assert similarity(thumbnail(source), thumbnail(ruined.images[0])) < 0.2
+        assert compare(look(source), look(ruined.images[0])).resemblance < 0.2

@@ -126,9 +126,15 @@ def test_fast_path_masks_agree_with_the_naive_2048_generator(checkpoint: Path) -
     NMS is off so that every candidate of both paths is compared, not just the survivors.
     """
     spec = ModelSpec(
-        "vit_b", str(checkpoint), "cpu", TINY, points_per_side=4,
-        pred_iou_thresh=0.0, stability_score_thresh=0.0, box_nms_thresh=1.0,
-    )  # fmt: skip
+        "vit_b",
+        str(checkpoint),
+        "cpu",
+        TINY,
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+        box_nms_thresh=1.0,
+    )
     segmenter = Segmenter(spec)
     image = shapes_image()
     fast = segmenter.segment(image)
@@ -196,8 +202,13 @@ def build_tiny() -> Any:
 
 def test_out_of_memory_plan_halves_the_batch_down_to_one_then_uses_the_cpu() -> None:
     assert retry_steps("mps", 16, 8) == [
-        ("mps", 16), ("mps", 8), ("mps", 4), ("mps", 2), ("mps", 1), ("cpu", 8),
-    ]  # fmt: skip
+        ("mps", 16),
+        ("mps", 8),
+        ("mps", 4),
+        ("mps", 2),
+        ("mps", 1),
+        ("cpu", 8),
+    ]
     assert retry_steps("cuda", 6, 8) == [("cuda", 6), ("cuda", 3), ("cuda", 1), ("cpu", 8)]
     assert retry_steps("cpu", 4, 8) == [("cpu", 4), ("cpu", 2), ("cpu", 1)]
 
@@ -219,9 +230,15 @@ def test_out_of_memory_on_the_device_ends_on_the_cpu_with_an_event_each_step(
     checkpoint: Path,
 ) -> None:
     spec = ModelSpec(
-        "vit_b", str(checkpoint), "cpu", TINY, points_per_side=4, points_per_batch=4,
-        pred_iou_thresh=0.0, stability_score_thresh=0.0,
-    )  # fmt: skip
+        "vit_b",
+        str(checkpoint),
+        "cpu",
+        TINY,
+        points_per_side=4,
+        points_per_batch=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
     reference = Segmenter(spec).segment(shapes_image(256))
     events: list[tuple[str, dict[str, Any]]] = []
     segmenter = FakeAccelerator(spec, lambda event, **fields: events.append((event, fields)))
@@ -243,9 +260,15 @@ def test_out_of_memory_on_the_device_ends_on_the_cpu_with_an_event_each_step(
 def test_out_of_memory_in_the_encoder_goes_straight_to_the_cpu(checkpoint: Path) -> None:
     """Before any batch is decoded, a smaller batch cannot help: one event, then the CPU."""
     spec = ModelSpec(
-        "vit_b", str(checkpoint), "cpu", TINY, points_per_side=4, points_per_batch=4,
-        pred_iou_thresh=0.0, stability_score_thresh=0.0,
-    )  # fmt: skip
+        "vit_b",
+        str(checkpoint),
+        "cpu",
+        TINY,
+        points_per_side=4,
+        points_per_batch=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
     events: list[dict[str, Any]] = []
     segmenter = FakeAccelerator(spec, lambda event, **fields: events.append(fields))
     segmenter.places = []
@@ -314,11 +337,17 @@ def run_segment_stage(root: Path, checkpoint: Path, cutout_kind: str) -> Path:
     sections = fast_sections(
         root,
         segment={
-            "enabled": True, "checkpoint": str(checkpoint), "device": "cpu",
-            "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
-            "min_area_fraction": 0.001, "cutout": cutout_kind, "padding": 0.05,
+            "enabled": True,
+            "checkpoint": str(checkpoint),
+            "device": "cpu",
+            "points_per_side": 4,
+            "pred_iou_thresh": 0.0,
+            "stability_score_thresh": 0.0,
+            "min_area_fraction": 0.001,
+            "cutout": cutout_kind,
+            "padding": 0.05,
         },
-    )  # fmt: skip
+    )
     kit = make_kit(parse_config(sections, base_dir=root))
     layout = kit.ctx.layout
     source = layout.upscaled / "Italy" / "family" / "Italy_family_1_1_upscaled_1.png"
@@ -326,10 +355,13 @@ def run_segment_stage(root: Path, checkpoint: Path, cutout_kind: str) -> Path:
     Image.fromarray(shapes_image(512)).save(source)
     stage = SegmentStage(kit.ctx, kit.cfg.segment, builder=TINY)
     engine = Engine(
-        [stage], claim_store(kit.cfg, kit.ctx), layout.failed,
-        retry=RetryPolicy(max_attempts=1), timing=Timing(rescan_s=0.05, heartbeat_s=0.2),
+        [stage],
+        claim_store(kit.cfg, kit.ctx),
+        layout.failed,
+        retry=RetryPolicy(max_attempts=1),
+        timing=Timing(rescan_s=0.05, heartbeat_s=0.2),
         once=True,
-    )  # fmt: skip
+    )
     assert engine.run() == RunOutcome.DRAINED
     return layout.segments / "Italy" / "family" / "Italy_family_1_1_upscaled_1"
 
@@ -346,9 +378,14 @@ def test_cutouts_alpha_equals_the_generators_masks(
     assert manifest["image_size"] == [512, 512]
     assert manifest["segments"], "no cut-out"
     spec = ModelSpec(
-        "vit_b", str(checkpoint), "cpu", TINY, points_per_side=4,
-        pred_iou_thresh=0.0, stability_score_thresh=0.0,
-    )  # fmt: skip
+        "vit_b",
+        str(checkpoint),
+        "cpu",
+        TINY,
+        points_per_side=4,
+        pred_iou_thresh=0.0,
+        stability_score_thresh=0.0,
+    )
     masks = [s.mask for s in Segmenter(spec).segment(shapes_image(512))]
     files = sorted(p.name for p in folder.glob("*.png"))
     assert files == [
@@ -415,10 +452,14 @@ def test_running_daemon_segments_new_upscales_alongside_the_other_stages(
         root,
         server={"url": sdapi.url},
         segment={
-            "enabled": True, "checkpoint": str(checkpoint), "device": "cpu",
-            "points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+            "enabled": True,
+            "checkpoint": str(checkpoint),
+            "device": "cpu",
+            "points_per_side": 4,
+            "pred_iou_thresh": 0.0,
+            "stability_score_thresh": 0.0,
         },
-    )  # fmt: skip
+    )
     extra = (
         "[generate.payload]\nwidth = 128\nheight = 128\n"
         "[upscale]\nexpect_size = [256, 256]\n"
@@ -456,11 +497,15 @@ def test_out_of_memory_in_the_child_is_retried_on_smaller_batches_and_logged_by_
         generate={"enabled": False},
         upscale={"enabled": False},
         segment={
-            "enabled": True, "checkpoint": str(checkpoint), "device": "cpu",
-            "points_per_side": 4, "points_per_batch": 8,
-            "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0,
+            "enabled": True,
+            "checkpoint": str(checkpoint),
+            "device": "cpu",
+            "points_per_side": 4,
+            "points_per_batch": 8,
+            "pred_iou_thresh": 0.0,
+            "stability_score_thresh": 0.0,
         },
-    )  # fmt: skip
+    )
     cfg = write_config(root.parent / "c.toml", sections)
     source = root / "UPSCALED_IMAGES" / "N" / "c" / "big.png"
     source.parent.mkdir(parents=True)

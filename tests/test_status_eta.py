@@ -40,8 +40,12 @@ def made(root: Path, n: int, every_s: float, now: float) -> None:
 
 
 def host(root: Path, *, stopped: bool) -> None:
-    report = {"host": "mac-a", "stopped": stopped, "updated": "2026-11-26T10:00:00Z",
-              "servers": {"http://127.0.0.1:7860": {"reachable": True}}}  # fmt: skip
+    report = {
+        "host": "mac-a",
+        "stopped": stopped,
+        "updated": "2026-11-26T10:00:00Z",
+        "servers": {"http://127.0.0.1:7860": {"reachable": True}},
+    }
     (root / ".emif" / "hosts" / "mac-a.json").write_text(json.dumps(report))
 
 
@@ -66,8 +70,12 @@ def test_no_eta_when_no_daemon_runs_and_the_reason_is_said(root: Path) -> None:
     accepted_batch(root, 24)
     made(root, 10, 2.0, now)
     host(root, stopped=True)
-    status = collect(Layout(root), server_now=time.time(), lease_s=120,
-                     disabled={"segment": "segment.enabled = false in c.toml"})  # fmt: skip
+    status = collect(
+        Layout(root),
+        server_now=time.time(),
+        lease_s=120,
+        disabled={"segment": "segment.enabled = false in c.toml"},
+    )
     assert status["running"] is False
     assert status["stages"]["generate"]["eta_s"] is None
     text = render_table(status)

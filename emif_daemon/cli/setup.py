@@ -45,12 +45,18 @@ def init(args: argparse.Namespace) -> int:
 
 def check_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", help="comma-separated subset of generate,upscale")
+    p.add_argument(
+        "--allow-unverified",
+        action="store_true",
+        help="pass names Draw Things' files here cannot verify",
+    )
 
 
 def check(args: argparse.Namespace) -> int:
     cfg = config_of(args)
     configure_logging(host=host_id(cfg), level="critical")  # only the lines printed
-    lines, ok = check_config(cfg, enabled_stages(cfg, stage_list(args.stages)))
+    stages = enabled_stages(cfg, stage_list(args.stages))
+    lines, ok = check_config(cfg, stages, allow_unverified=args.allow_unverified)
     for line in lines:
         print(line)
     return exit_codes.OK if ok else exit_codes.FAILED

@@ -69,6 +69,9 @@ class GenerateConfig:
     # Images one prompts file may ask for: a typo (count 10000 × 1000 jobs) is refused at
     # validation instead of exhausting memory and the week.
     max_items_per_file: int = bounded(100_000, 1, 10_000_000)
+    # Each answer must have detail (grey levels of neighbour difference at 128²) and more
+    # than one colour, else the item fails (docs/servers.md#checks-after-each-answer); 0: off
+    min_detail: float = bounded(1.0, 0, 255)
 
 
 @dataclass(frozen=True)
@@ -77,7 +80,11 @@ class UpscaleConfig:
     server_url: str = ""
     expect_size: tuple[int, ...] = (2048, 2048)
     passes: tuple[dict[str, Any], ...] = field(default=(), metadata=PAYLOAD)
-    min_resemblance: float = bounded(0.5, 0, 1)  # each pass's answer to its input; 0: off
+    # Each pass's answer against its input, over the whole picture: SSIM of 32×32 grey
+    # thumbnails, and the share of its detail kept (docs/servers.md#checks-after-each-answer).
+    # Legitimate passes score above 0.8 and 0.85; 0 turns a measure off.
+    min_resemblance: float = bounded(0.5, 0, 1)
+    min_detail_ratio: float = bounded(0.5, 0, 100)
 
 
 @dataclass(frozen=True)

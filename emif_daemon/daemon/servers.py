@@ -62,8 +62,11 @@ class ServerPool:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def check_config(cfg: Config, stages: Sequence[str]) -> tuple[list[str], bool]:
-    """`emif check`: a line per problem (and warning) of each stage, and whether all is well."""
+def check_config(
+    cfg: Config, stages: Sequence[str], *, allow_unverified: bool = False
+) -> tuple[list[str], bool]:
+    """`emif check`: a line per problem (and warning) of each stage, and whether all is well:
+    no problem, and every name verified unless `allow_unverified` (--allow-unverified)."""
     uses = {
         "generate": (cfg.server.url, [Use("generate", cfg.generate.payload, "txt2img")]),
         "upscale": (cfg.upscale_url, pass_uses(cfg.upscale.passes)),
@@ -89,8 +92,11 @@ def check_config(cfg: Config, stages: Sequence[str]) -> tuple[list[str], bool]:
             ok = False
             continue
         lines += [f"{stage}: warning: {w}" for w in found.warnings]
+        lines += [f"{stage}: {u}" for u in found.unverified]
         lines += [f"{stage}: {p}" for p in found.problems]
-        ok = ok and not found.problems
-        if not found.problems:
-            lines.append(f"{stage}: ok ({url})")
+        passed = not found.problems and (allow_unverified or not found.unverified)
+        ok = ok and passed
+        if passed:
+            unsure = f", {len(found.unverified)} name(s) not verified" if found.unverified else ""
+            lines.append(f"{stage}: ok ({url}{unsure})")
     return lines, ok

@@ -187,6 +187,23 @@ def _first(items: Iterable[Entry], pick: Any) -> Any:
     return next((v for e in items if (v := pick(e))), None)
 
 
+def recipe_files(
+    gens: list[Mapping[str, Any]], ups: list[Mapping[str, Any]]
+) -> list[tuple[str, str, int]]:
+    """(step, recipe file, images) for each JSON recipe the sidecars say was used, in order:
+    txt2img, then each upscale pass. Images made before sidecars named them count as none."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for meta in gens:
+        if isinstance(meta.get("recipe"), str):
+            counts["txt2img", meta["recipe"]] += 1
+    for meta in ups:
+        files = meta.get("recipes")
+        for n, file in enumerate(files if isinstance(files, list) else [], 1):
+            if isinstance(file, str):
+                counts[f"upscale pass {n}", file] += 1
+    return [(step, file, n) for (step, file), n in sorted(counts.items())]
+
+
 def card_view(layout: Layout, found: list[Entry], rows: list[dict[str, Any]]) -> dict[str, Any]:
     """What the data-set card says: counts, recipe, models, dates."""
     gens = [e.generation.meta for e in found if e.generation]
@@ -204,6 +221,7 @@ def card_view(layout: Layout, found: list[Entry], rows: list[dict[str, Any]]) ->
         for k in ("upscaler", "model")
         if p.get(k)
     )
+    recipes = recipe_files(gens, ups)
     segment_keys = ("model_type", "checkpoint_sha256", "cutout", "padding", "min_area_fraction")
     segment = {k: cuts[0].get(k) for k in segment_keys} if cuts else {}
     times = [
@@ -231,6 +249,7 @@ def card_view(layout: Layout, found: list[Entry], rows: list[dict[str, Any]]) ->
         "pass_models": pass_models.most_common(),
         "segment": {k: v for k, v in segment.items() if v is not None},
         "recipe": json.dumps(recipe, indent=2, ensure_ascii=False),
+        "recipe_files": recipes,
         "passes": json.dumps(passes, indent=2, ensure_ascii=False),
         "first": min(times, default=None),
         "last": max(times, default=None),

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from emif_daemon.errors import ClaimLost, Shutdown
 from emif_daemon.events import EventSink, no_events
 from emif_daemon.logs import get_logger
+from emif_daemon.servers.resemblance import LookCache
 from emif_daemon.share.claims import Claim, ClaimStore
 from emif_daemon.share.clock import ServerClock
 from emif_daemon.share.identity import HostIdentity
@@ -34,6 +35,9 @@ class StageContext:
     settler: Settler
     events: EventSink = no_events
     relist_s: float = 0.0  # watch.listing_cache_s: how long a changed folder is re-listed
+    # What the content check saw of images this process made, by sha256: the upscale stage
+    # of the same host need not decode its source again.
+    looks: LookCache = field(default_factory=LookCache)
 
     @property
     def host(self) -> str:

@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from emif_daemon.servers.dt_entries import entries_problems
+
 Kind = Literal["drawthings", "a1111"]
 
 
@@ -135,8 +137,6 @@ DT_PARAMS: tuple[Param, ...] = (
 DT_EXTRA_KEYS = {"restore_faces": "bool", "init_images": "json"}  # decoded before the rest
 DT_BY_KEY: Mapping[str, Param] = {s: p for p in DT_PARAMS for s in (p.key, *p.aliases)}
 
-CONTROL_FIELDS = ("weight", "guidanceStart", "guidanceEnd", "noPrompt", "globalAveragePooling",
-                  "downSamplingRate", "controlImportance", "inputOverride", "targetBlocks")
 # AUTOMATIC1111 1.10 / Forge request fields; anything else is silently ignored.
 A1111_COMMON = _words("""
     prompt negative_prompt styles seed subseed subseed_strength seed_resize_from_h
@@ -276,37 +276,33 @@ def dt_payload_problems(
         why = dt_value_problem(key, value)
         if why:
             problems.append(f"{key}: {why}")
-    problems += _entries_problems(payload)
+    problems += entries_problems(payload)
     return problems
 
 
-def _entries_problems(payload: Mapping[str, Any]) -> list[str]:
-    """`loras` and `controls` entries: the fields Draw Things requires in each."""
-    out = []
-    for i, lora in enumerate(_entries(payload.get("loras"))):
-        if "weight" not in lora or "file" not in lora:
-            out.append(f'loras[{i}]: needs "file" and "weight"')
-    for i, control in enumerate(_entries(payload.get("controls"))):
-        missing = [f for f in CONTROL_FIELDS if f not in control]
-        if missing:
-            out.append(f"controls[{i}]: missing {', '.join(missing)} (Draw Things answers 422)")
-    return out
-
-
-def _entries(value: Any) -> list[dict[str, Any]]:
-    return [e for e in value if isinstance(e, dict)] if isinstance(value, list) else []
+A1111_NULL = (
+    "null is not sent to AUTOMATIC1111: it takes null as the value, not as the default "
+    "(`width: null` is a 500 for every item); leave the key out"
+)
 
 
 def a1111_payload_problems(payload: Mapping[str, Any], endpoint: str) -> list[str]:
-    """Keys AUTOMATIC1111 would silently ignore on this endpoint."""
+    """Keys AUTOMATIC1111 would silently ignore on this endpoint, and null values (its
+    fields take null as a value: a 500, or a setting cleared)."""
     fields = A1111_FIELDS.get(endpoint, A1111_ANY)
     problems = []
-    for key in payload:
+    for key, value in payload.items():
         if key not in fields:
             hint = " (a Draw Things key)" if key in DT_BY_KEY else ""
             problems.append(
                 f"{key}: not an AUTOMATIC1111 {endpoint} field{hint}; it would be ignored"
             )
+        elif value is None:
+            problems.append(f"{key}: {A1111_NULL}")
+    override = payload.get("override_settings")
+    for key, value in override.items() if isinstance(override, Mapping) else ():
+        if value is None:
+            problems.append(f"override_settings.{key}: {A1111_NULL}")
     return problems
 
 
@@ -349,6 +345,11 @@ class Recipe(dict[str, Any]):
 
 def where_of(payload: Mapping[str, Any], fallback: str) -> str:
     return payload.where if isinstance(payload, Recipe) else fallback
+
+
+def recipe_file(payload: Mapping[str, Any]) -> str | None:
+    """The JSON recipe a payload includes, as written in the config (None: none)."""
+    return (payload.include or None) if isinstance(payload, Recipe) else None
 
 
 def override_problems(

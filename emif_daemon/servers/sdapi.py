@@ -10,8 +10,6 @@ raises PermanentItemError with the server's own text.
 from __future__ import annotations
 
 import base64
-import binascii
-import contextlib
 import itertools
 import json
 import threading
@@ -32,6 +30,7 @@ from emif_daemon.errors import (
 )
 from emif_daemon.logs import get_logger
 from emif_daemon.retry import compute_backoff
+from emif_daemon.servers.answer_checks import decode_image, first_image, plain_base64, read_info
 from emif_daemon.servers.body import read_whole
 from emif_daemon.servers.limiter import Limiter
 
@@ -39,7 +38,6 @@ TXT2IMG = "/sdapi/v1/txt2img"
 IMG2IMG = "/sdapi/v1/img2img"
 OPTIONS = "/sdapi/v1/options"
 EXTRAS = "/sdapi/v1/extra-single-image"  # A1111's upscaler-only route; answers {"image": …}
-DECODE_SLICE = 1 << 20  # characters of base64 per decoding step (a multiple of 4)
 
 
 @dataclass(frozen=True)
@@ -54,6 +52,10 @@ class Answer:
     info: dict[str, Any] | None
     seconds: float
     extra_images: int = 0  # beyond those asked for (A1111 ControlNet's detected maps)
+    info_error: str | None = None  # why `info` could not be read (None: read, or none sent)
+    # each image's base64 as it came (valid, plain): sent on as the next pass's input
+    # without encoding it again
+    texts: tuple[str, ...] = ()
 
 
 def detect_kind(options: dict[str, Any]) -> ServerInfo:
@@ -65,39 +67,22 @@ def detect_kind(options: dict[str, Any]) -> ServerInfo:
     return ServerInfo("unknown", None)
 
 
-def decode_image(text: object) -> bytes:
-    """Base64 of one image; a `data:` prefix is accepted on answers (never sent)."""
-    if not isinstance(text, str):
-        raise TransientError(f"answer image is {type(text).__name__}, expected base64 text")
-    if text.startswith("data:"):
-        text = text.partition(",")[2]
-    try:
-        # In slices, so another worker waiting to send its request gets the interpreter
-        # lock between them instead of after 10 ms of decoding a 2048² answer.
-        if len(text) <= DECODE_SLICE:
-            return binascii.a2b_base64(text, strict_mode=True)
-        if len(text) % 4:
-            raise binascii.Error("base64 length is not a multiple of 4")
-        return b"".join(
-            binascii.a2b_base64(text[i : i + DECODE_SLICE], strict_mode=True)
-            for i in range(0, len(text), DECODE_SLICE)
-        )
-    except (binascii.Error, ValueError) as exc:
-        raise TransientError(f"answer image is not valid base64: {exc}") from exc
-
-
 def image_key(path: str) -> str:
     """The key an input image travels under: `image` for A1111's extras, else init_images."""
     return "image" if path == EXTRAS else "init_images"
 
 
 def request_body(
-    payload: dict[str, Any], init_image: bytes | None = None, key: str = "init_images"
+    payload: dict[str, Any],
+    init_image: bytes | None = None,
+    key: str = "init_images",
+    text: str | None = None,
 ) -> bytes:
     """The JSON body; an input image goes in as plain base64 (no `data:` prefix, no line
     breaks: Draw Things accepts nothing else), spliced in rather than passed through the
     JSON encoder, since the base64 alphabet needs no escaping. `init_images` holds a list
-    of one image, A1111's extras `image` one string."""
+    of one image, A1111's extras `image` one string. `text`: the image's base64 already (an
+    answer's, which decoded strictly), so it is not encoded again."""
     payload = {k: v for k, v in payload.items() if k not in ("init_images", "image")}
     if init_image is None:
         return json.dumps(payload).encode()
@@ -105,9 +90,8 @@ def request_body(
     head = json.dumps({**payload, key: [] if key == "init_images" else ""})
     cut = head.rindex(empty) + 1  # the image's key is the last one
     quote = b'"' if key == "init_images" else b""
-    return b"".join(
-        (head[:cut].encode(), quote, base64.b64encode(init_image), quote, head[cut:].encode())
-    )
+    encoded = text.encode("ascii") if text is not None else base64.b64encode(init_image)
+    return b"".join((head[:cut].encode(), quote, encoded, quote, head[cut:].encode()))
 
 
 # Draw Things answers every error with 422. These texts refuse the request itself or name a
@@ -191,19 +175,31 @@ def parse_answer(body: object, expect: int, seconds: float, key: str = "images")
     if not isinstance(body, dict) or not isinstance(body.get("images"), list):
         raise TransientError(f"answer has no `{key}`")
     images = body["images"]
-    if len(images) < expect:
+    info, why = read_info(body.get("info")) if key == "images" else (None, None)
+    first = first_image(info)
+    if len(images) < first + expect:
+        grid = f" after the {first} A1111 says come first" if first else ""
         raise TransientError(
-            f"server returned {len(images)} image(s), expected {expect}"
+            f"server returned {len(images)} image(s), expected {expect}{grid}"
             " (Draw Things returns none when no project is open)"
         )
-    info = body.get("info")
-    if isinstance(info, str):
-        with contextlib.suppress(ValueError):
-            info = json.loads(info)
-    # Only what was asked for: A1111's ControlNet appends its detected maps.
-    decoded = [decode_image(text) for text in images[:expect]]
-    extra = len(images) - expect
-    return Answer(decoded, info if isinstance(info, dict) else None, seconds, extra)
+    # Only what was asked for: A1111 puts a grid first (save_images with a batch), and its
+    # ControlNet appends the detected maps after the images.
+    texts = tuple(plain_base64(text) for text in images[first : first + expect])
+    decoded = [decode_image(text) for text in texts]
+    extra = len(images) - first - expect
+    return Answer(decoded, info, seconds, extra, why, texts)
+
+
+def redirect_refusal(url: str, status: int, location: str | None) -> str:
+    """Why a redirect is refused: following it would send the prompts and the images (or
+    the credentials) to whatever address it names."""
+    to = f"to {location}" if location else "without a Location"
+    return (
+        f"{url} answered HTTP {status}, redirecting {to}; the daemon never follows a "
+        "redirect (it would send the prompts and images there), so nothing was sent to it; "
+        "set server.url (or upscale.server_url) to the address the server itself answers on"
+    )
 
 
 def _is_connect_failure(exc: BaseException) -> bool:
@@ -255,17 +251,24 @@ class Server:
     def get_json(self, path: str) -> Any:
         """GET a JSON route (settings, the A1111 list endpoints); None when the server has
         no such route (404). Raises ServerUnavailable when it cannot be reached, and
-        StageUnavailable when it refuses our credentials."""
+        StageUnavailable when it refuses our credentials or redirects elsewhere."""
         try:
             response = requests.get(
                 self.url + path,
                 timeout=(self.connect_timeout, max(self.connect_timeout, 30)),
                 headers={"Connection": "close"},
                 auth=self.auth,
+                allow_redirects=False,
             )
         except requests.RequestException as exc:
             self._mark_down(exc)
             raise ServerUnavailable(f"{self.url} does not answer: {exc}") from exc
+        if response.is_redirect or 300 <= response.status_code < 400:
+            raise StageUnavailable(
+                redirect_refusal(
+                    self.url + path, response.status_code, response.headers.get("Location")
+                )
+            )
         if response.status_code == 401:
             raise StageUnavailable(
                 f"server.api_user / server.api_password: {self.url} refused them (HTTP 401 "
@@ -333,6 +336,7 @@ class Server:
         priority: int,
         expect: int,
         init_image: bytes | None = None,
+        init_text: str | None = None,
         check: Callable[[], None] | None = None,
     ) -> Answer:
         """One generation on a fresh connection (Draw Things drops idle keep-alives after 5 s).
@@ -346,7 +350,7 @@ class Server:
             except StageUnavailable as exc:  # credentials refused after an outage
                 raise PermanentItemError(str(exc)) from exc
         key = image_key(path)
-        body = request_body(payload, init_image, key)  # before taking the slot: no idle server
+        body = request_body(payload, init_image, key, init_text)  # before taking the slot
         with self.limiter.slot(priority):
             if check is not None:
                 check()
@@ -362,6 +366,7 @@ class Server:
                     headers={"Connection": "close", "Content-Type": "application/json"},
                     auth=self.auth,
                     stream=True,
+                    allow_redirects=False,  # a redirect would take the whole body elsewhere
                 )
             except requests.ReadTimeout as exc:
                 # The server is still busy with it: never re-send at once.
@@ -373,6 +378,11 @@ class Server:
                 raise TransientError(f"connection dropped while generating: {exc}") from exc
             seconds = time.monotonic() - started
         with response:
+            if 300 <= response.status_code < 400:
+                location = response.headers.get("Location")
+                raise PermanentItemError(
+                    redirect_refusal(self.url + path, response.status_code, location)
+                )
             content = read_whole(response, started + self.read_timeout, self.read_timeout)
         if response.status_code != 200:
             # cpp-httplib puts the reason of a 500 in a header, with an empty body

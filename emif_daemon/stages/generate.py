@@ -21,13 +21,14 @@ from emif_daemon.intake.planning import Expansion
 from emif_daemon.intake.plans import PlannedItem, build_payload
 from emif_daemon.png import png_problem
 from emif_daemon.servers.answer_checks import a1111_info_problem, a1111_maps_problem
-from emif_daemon.servers.dialects import guess_kind
+from emif_daemon.servers.dialects import guess_kind, recipe_file
 from emif_daemon.servers.drawthings_files import upscale_factor
 from emif_daemon.servers.preflight.check import Preflight
 from emif_daemon.servers.preflight.checklist import Use
+from emif_daemon.servers.resemblance import blank_problem, look
 from emif_daemon.servers.sdapi import TXT2IMG, Server
 from emif_daemon.share.clock import utc_stamp
-from emif_daemon.stages.image_files import publish_png, without_images
+from emif_daemon.stages.image_files import publish_png, sha256, without_images
 
 
 def expected_size(payload: dict[str, Any], kind: str | None = None) -> tuple[int, int] | None:
@@ -124,8 +125,9 @@ class GenerateStage(StageBase):
             problem = png_problem(image, expect)
             if problem:
                 raise TransientError(f"image {k} of the answer: {problem}")
+            self._check_content(k, image)
         if kind == "a1111":
-            ran = a1111_info_problem(payload, answer.info)
+            ran = a1111_info_problem(payload, answer.info, answer.info_error)
             ran = ran or a1111_maps_problem(payload, answer.extra_images)
             if ran:
                 raise PermanentItemError(f"txt2img ({self.preflight.uses[0].where}): {ran}")
@@ -137,6 +139,7 @@ class GenerateStage(StageBase):
             "seed": planned.seed,
             "seed_reported": (answer.info or {}).get("seed"),
             "payload": without_images(payload),
+            "recipe": recipe_file(self.cfg.payload),
             "server_url": self.server.url,
             "server_kind": info.kind if info else None,
             "server_model": info.model if info else None,
@@ -160,3 +163,22 @@ class GenerateStage(StageBase):
             server_seconds=round(answer.seconds, 3),
             details={"images": len(item.outputs), "seed": planned.seed},
         )
+
+    def _check_content(self, k: int, image: bytes) -> None:
+        """An answer that is one colour or has no detail is no picture: a sampler that
+        failed (NaN gives black), a safety filter, a VAE that does not fit the model. It
+        fails the item at once; what this process saw is kept for its upscale stage."""
+        if self.cfg.min_detail <= 0:
+            return
+        try:
+            seen = look(image)
+        except ValueError as exc:
+            raise TransientError(f"image {k} of the answer: {exc}") from exc
+        problem = blank_problem(seen, min_detail=self.cfg.min_detail)
+        if problem:
+            raise PermanentItemError(
+                f"image {k} of the txt2img answer ({self.preflight.uses[0].where}) is no "
+                f"picture: {problem}; check the recipe's model, VAE and steps and the server's "
+                "log (a sampler that fails gives black), then `emif retry --stage generate`"
+            )
+        self.ctx.looks.put(sha256(image), seen)

@@ -3,12 +3,16 @@
 Its list endpoints name every checkpoint, upscaler, sampler, scheduler, script and ControlNet
 model it has. A checkpoint override that is not an exact name, an img2img upscaler it does not
 have, an unknown sampler or a ControlNet name with the wrong hash are all silently replaced
-with HTTP 200; a refiner or hi-res upscaler it cannot find is a 500 for every item.
+with HTTP 200; a refiner or hi-res upscaler it cannot find is a 500 for every item. An
+upscaler it lists without its weights (R-ESRGAN, ESRGAN, SwinIR, DAT, ScuNET, LDSR until they
+are downloaded: `model_path` is then the download URL) is tried, fails to download offline,
+and becomes a plain Lanczos resize with HTTP 200.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from emif_daemon.servers.dialects import a1111_payload_problems, checkpoint_stem
@@ -67,6 +71,16 @@ class Lists:
                 out |= {f"{name} [{short}]", f"{checkpoint_stem(name)} [{short}]"}
         return out - {""}
 
+    def upscaler(self, name: object) -> dict[str, Any] | None:
+        """The upscaler list's entry for `name` (exact; the SD upscale script also takes
+        any case or an index into the list)."""
+        entries = self.entries("/sdapi/v1/upscalers")
+        if isinstance(name, int) and not isinstance(name, bool):
+            return entries[name] if 0 <= name < len(entries) else None
+        exact = [e for e in entries if e.get("name") == name]
+        folded = [e for e in entries if str(e.get("name", "")).lower() == str(name).lower()]
+        return next(iter(exact or folded), None)
+
     def scripts(self, endpoint: str) -> set[str] | None:
         value = self.get("/sdapi/v1/scripts")
         if not isinstance(value, dict):
@@ -74,32 +88,96 @@ class Lists:
         return {str(s).lower() for s in value.get(endpoint, [])}
 
 
-def check_a1111(server: Server, uses: Sequence[Use], found: Findings) -> None:
+def check_a1111(
+    server: Server, uses: Sequence[Use], found: Findings, *, local: bool = False
+) -> None:
+    """`local`: the server runs on this machine, so a weights file it lists can be looked for."""
     lists = Lists(server)
     for use in uses:
         found.problems += [
             f"{use.where}: {p}" for p in a1111_payload_problems(use.payload, use.endpoint)
         ]
         if use.endpoint == "extras":
-            _extras(use, lists, found)
+            _extras(use, lists, found, local)
             continue
-        _checkpoints(use, lists, found)
+        _checkpoints(use, lists, found, local)
         _sampler(use, lists, found)
-        _hires(use, lists, found)
-        _scripts(use, lists, found)
-        strength = use.payload.get("denoising_strength")
-        if use.endpoint == "img2img" and strength == 0:
-            found.warnings.append(
-                f"{use.where}: img2img at denoising_strength 0 is not a no-op on AUTOMATIC1111 "
-                'and can destroy the picture; for an upscale-only pass use endpoint = "extras"'
-            )
+        _hires(use, lists, found, local)
+        _scripts(use, lists, found, local)
+        if use.endpoint == "img2img":
+            _img2img_steps(use, found)
+
+
+def _img2img_steps(use: Use, found: Findings) -> None:
+    """img2img samples `steps − int(strength × steps) − 1` onwards: at steps 1 that is from
+    pure noise whatever the strength below 1, and at strength 0 it is no upscale either."""
+    strength = use.payload.get("denoising_strength", 0.75)
+    steps = use.payload.get("steps", 50)
+    if steps == 1 and isinstance(strength, int | float) and strength < 1:
+        found.warnings.append(
+            f"{use.where}: img2img at steps 1 starts from pure noise on AUTOMATIC1111 at any "
+            f"denoising_strength below 1 (here {strength:g}) and destroys the picture; use "
+            'steps of 2 or more, or endpoint = "extras" for an upscale-only pass'
+        )
+    elif strength == 0:
+        found.warnings.append(
+            f"{use.where}: img2img at denoising_strength 0 is not a no-op on AUTOMATIC1111 "
+            'and can destroy the picture; for an upscale-only pass use endpoint = "extras"'
+        )
+
+
+def _absent(path: str) -> bool:
+    """The file is certainly not there (a folder this user may not read says nothing)."""
+    try:
+        Path(path).stat()
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+# Where AUTOMATIC1111 keeps each family's weights, under its models/ folder.
+WEIGHT_FOLDERS = (
+    ("R-ESRGAN", "RealESRGAN"),
+    ("ESRGAN", "ESRGAN"),
+    ("SwinIR", "SwinIR"),
+    ("DAT", "DAT"),
+    ("ScuNET", "ScuNET"),
+    ("LDSR", "LDSR"),
+)
+
+
+def _weights(use: Use, key: str, name: object, lists: Lists, found: Findings, local: bool) -> None:
+    """An upscaler listed without its weights: a download URL as its `model_path` (or, on
+    this machine, a file that is not there). A1111 answers a plain resize for it."""
+    entry = lists.upscaler(name)
+    path = entry.get("model_path") if entry else None
+    if not isinstance(path, str) or not path:
+        return  # None, Lanczos, Nearest: built in
+    shown = entry.get("name", name) if entry else name
+    if path.startswith(("http://", "https://")):
+        folder = next((f for p, f in WEIGHT_FOLDERS if str(shown).startswith(p)), "<its kind>")
+        found.problems.append(
+            f'{use.where}: {key} "{shown}" is listed by AUTOMATIC1111 without its weights (its '
+            f"model_path is the download URL {path}): on first use it tries to download them "
+            "and, when it cannot, answers HTTP 200 with a plain Lanczos resize; download that "
+            f"file into the server's models/{folder}/ folder and restart it (or let it "
+            "download once with internet access), or use an upscaler whose weights are there"
+        )
+    elif local and _absent(path):
+        found.problems.append(
+            f'{use.where}: {key} "{shown}": its weights {path} (model_path in GET '
+            "/sdapi/v1/upscalers) are not on disk; AUTOMATIC1111 would answer a plain resize; "
+            "put the file back and restart it, or use another upscaler"
+        )
 
 
 def _upscalers(lists: Lists) -> set[str]:
     return lists.names("/sdapi/v1/upscalers", "name")
 
 
-def _extras(use: Use, lists: Lists, found: Findings) -> None:
+def _extras(use: Use, lists: Lists, found: Findings, local: bool) -> None:
     names = _upscalers(lists)
     for key in ("upscaler_1", "upscaler_2"):
         name = use.payload.get(key)
@@ -108,9 +186,11 @@ def _extras(use: Use, lists: Lists, found: Findings) -> None:
                 f'{use.where}: {key} "{name}" is not an upscaler AUTOMATIC1111 has (500 for every '
                 f"item); use one of: {', '.join(sorted(names))}"
             )
+        elif isinstance(name, str):
+            _weights(use, key, name, lists, found, local)
 
 
-def _checkpoints(use: Use, lists: Lists, found: Findings) -> None:
+def _checkpoints(use: Use, lists: Lists, found: Findings, local: bool) -> None:
     override = use.payload.get("override_settings")
     override = override if isinstance(override, Mapping) else {}
     name = override.get("sd_model_checkpoint")
@@ -134,6 +214,8 @@ def _checkpoints(use: Use, lists: Lists, found: Findings) -> None:
             f'{use.where}: override_settings.upscaler_for_img2img "{upscaler}" is not an '
             "upscaler AUTOMATIC1111 has (it would silently use Lanczos)"
         )
+    elif upscaler is not None:
+        _weights(use, "override_settings.upscaler_for_img2img", upscaler, lists, found, local)
     refiner = use.payload.get("refiner_checkpoint")
     if refiner and not _closest(str(refiner), lists):
         found.problems.append(
@@ -168,7 +250,7 @@ def _sampler(use: Use, lists: Lists, found: Findings) -> None:
         )
 
 
-def _hires(use: Use, lists: Lists, found: Findings) -> None:
+def _hires(use: Use, lists: Lists, found: Findings, local: bool) -> None:
     name = use.payload.get("hr_upscaler")
     if not (use.payload.get("enable_hr") is True and isinstance(name, str)):
         return
@@ -177,9 +259,11 @@ def _hires(use: Use, lists: Lists, found: Findings) -> None:
             f'{use.where}: hr_upscaler "{name}" is not an upscaler AUTOMATIC1111 has (500 '
             "for every item); use a Latent mode or a name from GET /sdapi/v1/upscalers"
         )
+    elif name not in LATENT_MODES:
+        _weights(use, "hr_upscaler", name, lists, found, local)
 
 
-def _scripts(use: Use, lists: Lists, found: Findings) -> None:
+def _scripts(use: Use, lists: Lists, found: Findings, local: bool) -> None:
     installed = lists.scripts(use.endpoint)
     always = use.payload.get("alwayson_scripts")
     for name, spec in always.items() if isinstance(always, Mapping) else []:
@@ -198,7 +282,7 @@ def _scripts(use: Use, lists: Lists, found: Findings) -> None:
                 "for every item)"
             )
         elif script.lower() == "sd upscale":
-            _sd_upscale(use, use.payload.get("script_args"), lists, found)
+            _sd_upscale(use, use.payload.get("script_args"), lists, found, local)
 
 
 def _controlnet(use: Use, units: Any, lists: Lists, found: Findings) -> None:
@@ -226,7 +310,7 @@ def _controlnet(use: Use, units: Any, lists: Lists, found: Findings) -> None:
             found.problems.append(f'{use.where}: {key}.module "{module}" is unknown; {dropped}')
 
 
-def _sd_upscale(use: Use, args: Any, lists: Lists, found: Findings) -> None:
+def _sd_upscale(use: Use, args: Any, lists: Lists, found: Findings, local: bool) -> None:
     """script_args = [info, overlap, upscaler name or index, scale]."""
     if not isinstance(args, list) or len(args) < 4:
         found.problems.append(
@@ -240,3 +324,5 @@ def _sd_upscale(use: Use, args: Any, lists: Lists, found: Findings) -> None:
             f'{use.where}: script_args[2] "{upscaler}" is not an upscaler AUTOMATIC1111 has '
             "(500 for every item)"
         )
+    else:
+        _weights(use, "script_args[2] (the SD upscale upscaler)", upscaler, lists, found, local)

@@ -81,23 +81,24 @@ def check(server: Server, uses: Sequence[Use], *, models_folders: Sequence[str |
     if found.problems:
         return found
     if info.kind == "drawthings":
-        check_drawthings(server, uses, found, _folders(server.url, models_folders, found))
+        folders, why = _folders(server.url, models_folders)
+        check_drawthings(server, uses, found, folders, why)
     else:
-        check_a1111(server, uses, found)
+        check_a1111(server, uses, found, local=is_local(server.url))
     return found
 
 
 _NAMES = {"drawthings": "Draw Things", "a1111": "AUTOMATIC1111"}
 
 
-def _folders(url: str, folders: Sequence[str | Path], found: Findings) -> list[Path] | None:
-    """The readable models folders, or None (with a warning) when files cannot be checked."""
+def _folders(url: str, folders: Sequence[str | Path]) -> tuple[list[Path] | None, str]:
+    """The readable models folders, or None and why files cannot be checked."""
     if not is_local(url):
-        found.warnings.append(
-            f"model files not checked: Draw Things runs on another machine ({url}); check the "
-            "names there"
+        return None, (
+            f"Draw Things runs on another machine ({url}), whose models folder this one cannot "
+            "read; check the name in Draw Things there, then run `emif check "
+            "--allow-unverified`"
         )
-        return None
     readable = []
     for folder in folders:
         path = Path(folder).expanduser()
@@ -108,12 +109,13 @@ def _folders(url: str, folders: Sequence[str | Path], found: Findings) -> list[P
         readable.append(path)
     if not readable:
         shown = ", ".join(str(f) for f in folders) or "(none)"
-        found.warnings.append(
-            f"model files not checked: no readable folder in server.models_folders ({shown}); "
-            "set it to Draw Things' models folder"
+        return None, (
+            f"no folder in server.models_folders ({shown}) can be read; set it to Draw Things' "
+            "models folder (reading another app's container may need Full Disk Access for "
+            "this Python), or check the name in Draw Things and run `emif check "
+            "--allow-unverified`"
         )
-        return None
-    return readable
+    return readable, ""
 
 
 class Preflight:
@@ -153,6 +155,8 @@ class Preflight:
         found = check(self.server, self.uses, models_folders=self.models_folders)
         for warning in found.warnings:
             self.log.warning("preflight_warning", warning=warning)
+        for line in found.unverified:  # once per name: this runs once per stage
+            self.log.warning("preflight_unverified", warning=line)
         if found.app_values:
             self.log.info("app_settings_used", settings=found.app_values)
         if found.problems:

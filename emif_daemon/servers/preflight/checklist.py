@@ -26,4 +26,7 @@ class Use:
 class Findings:
     problems: list[str] = field(default_factory=list)  # each turns the stage off
     warnings: list[str] = field(default_factory=list)  # worth knowing, not blocking
+    # names that could not be checked (Draw Things' files on another Mac, a folder that
+    # cannot be read): `emif check` fails unless --allow-unverified, the daemon warns
+    unverified: list[str] = field(default_factory=list)
     app_values: dict[str, Any] = field(default_factory=dict)  # Draw Things: keys left out

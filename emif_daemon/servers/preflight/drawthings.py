@@ -2,8 +2,11 @@
 
 `GET /` lists every key the running build knows with the app's current value, which is also
 what any key a recipe leaves out becomes. The models folder, when the app runs on this machine,
-says which files are downloaded: a missing model or upscaler is a 422 for every item, a missing
-refiner or ControlNet is silently dropped.
+says which files are downloaded and, in its registries (custom.json, custom_controlnet.json,
+custom_lora.json), which of them the app has a specification for: a missing or unregistered
+model or upscaler is a 422 for every item, a missing or unregistered refiner, ControlNet or
+LoRA is silently dropped. When the folder cannot be read, every name the recipes give is
+reported as not verified.
 """
 
 from __future__ import annotations
@@ -14,24 +17,33 @@ from typing import Any
 
 from emif_daemon.servers.dialects import DT_BY_KEY, dt_payload_problems
 from emif_daemon.servers.drawthings_files import (
-    DT_CONTROLNETS,
-    DT_MODELS,
     FACE_RESTORATION_FILES,
     INPUT_OVERRIDES,
+    KNOWN,
     NEEDS_INPUT_IMAGE,
+    REGISTRIES,
     SDXL_FAMILY,
+    Registry,
+    Spec,
+    control_files,
+    model_files,
 )
 from emif_daemon.servers.preflight.checklist import Findings, Use
 from emif_daemon.servers.sdapi import Server
 
 # Keys a stage always sets itself, so the app's value never applies.
-SET_BY_STAGE = {"txt2img": {"prompt", "negative_prompt", "seed"}, "img2img": {"width", "height"}}
+SET_BY_STAGE = {
+    "txt2img": {"prompt", "negative_prompt", "seed"},
+    "img2img": {"width", "height", "seed"},
+}
 UNSENDABLE = {
     "compression_artifacts",
     "compression_artifacts_quality",
     "color_calibration",
     "expand_prompt_to_json",
 }
+DROPPED = "Draw Things would silently run without it"
+EVERY_ITEM = "Draw Things answers 422 for every item"
 
 
 class Files:
@@ -43,17 +55,20 @@ class Files:
     def has(self, name: str) -> bool:
         return any((folder / name).exists() for folder in self.folders)
 
-    def missing(self, where: str, key: str, name: str, then: str) -> str:
-        shown = ", ".join(str(f) for f in self.folders)
-        return (
-            f'{where}: {key} "{name}" is not in Draw Things\' models folder ({shown}); download '
-            f"it in Draw Things or correct the name ({then})"
-        )
+    @property
+    def shown(self) -> str:
+        return ", ".join(str(f) for f in self.folders)
 
 
 def check_drawthings(
-    server: Server, uses: Sequence[Use], found: Findings, folders: list[Path] | None
+    server: Server,
+    uses: Sequence[Use],
+    found: Findings,
+    folders: list[Path] | None,
+    unverified: str = "",
 ) -> None:
+    """`folders`: the readable models folders, or None when files cannot be checked, for
+    the reason `unverified`."""
     settings = server.get_json("/")
     if not isinstance(settings, dict):
         found.warnings.append(
@@ -61,6 +76,11 @@ def check_drawthings(
         )
         settings = {}
     _app_settings(settings, uses, found)
+    registry = Registry.read(folders) if folders else None
+    for bad in registry.unreadable if registry else []:
+        found.warnings.append(
+            f"{bad}: not JSON, so Draw Things ignores every entry in it; fix or remove it"
+        )
     files = Files(folders) if folders else None
     for use in uses:
         known = set(settings) if settings else None
@@ -72,11 +92,7 @@ def check_drawthings(
             )
             continue
         effective = _effective(settings, use.payload)
-        model = _check_model(use, effective, files, found)
-        _check_refiner(use, effective, model, files, found)
-        _check_files(use, effective, files, found)
-        _check_controls(use, effective, model, files, found)
-        _check_hires(use, effective, found)
+        _UseCheck(use, effective, found, files, registry, unverified).run()
 
 
 def _effective(settings: Mapping[str, Any], payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,143 +133,217 @@ def _app_settings(settings: Mapping[str, Any], uses: Sequence[Use], found: Findi
             found.app_values[use.label] = leaks
 
 
-def _model_file(name: str) -> str | None:
-    """The file of a model named by file or display name; None for a name we cannot map."""
-    if name in DT_MODELS or name.endswith(".ckpt"):
-        return name
-    return next((f for f, spec in DT_MODELS.items() if spec[0] == name), None)
+class _UseCheck:
+    """One payload's names against what the app has: its files and its registries when the
+    models folder can be read (`files`, `registry`), else only the rules every name must
+    follow, each name then reported as not verified."""
 
+    def __init__(
+        self,
+        use: Use,
+        effective: Mapping[str, Any],
+        found: Findings,
+        files: Files | None,
+        registry: Registry | None,
+        unverified: str,
+    ) -> None:
+        self.use, self.eff, self.found = use, effective, found
+        self.files, self.registry, self.unverified = files, registry, unverified
 
-def _check_model(
-    use: Use, effective: Mapping[str, Any], files: Files | None, found: Findings
-) -> str | None:
-    name = effective.get("model")
-    if not isinstance(name, str) or not name:
-        found.problems.append(
-            f'{use.where}: model: not set, and Draw Things has no model selected; set "model"'
+    def run(self) -> None:
+        model = self.model()
+        refiner = self.refiner(model)
+        self.named_files()
+        self.loras(model, refiner)
+        self.controls(model)
+        _check_hires(self.use, self.eff, self.found)
+
+    # -- what the app knows -----------------------------------------------------------------
+
+    def spec(self, kind: str, name: str) -> Spec | None:
+        if self.registry is not None:
+            return self.registry.find(kind, name)
+        known = KNOWN[kind]
+        return known.get(name) or next((s for s in known.values() if s["name"] == name), None)
+
+    def problem(self, text: str) -> None:
+        self.found.problems.append(f"{self.use.where}: {text}")
+
+    def not_verified(self, key: str, name: str) -> None:
+        self.found.unverified.append(
+            f'{self.use.where}: {key} "{name}": not verified: {self.unverified}'
         )
-        return None
-    file = _model_file(name)
-    if files is None:
-        return file
-    if file is None:
-        found.warnings.append(f'{use.where}: model "{name}": not a file name, not checked')
-        return None
-    if not files.has(file):
-        found.problems.append(files.missing(use.where, "model", name, "422 for every item"))
-        return file
-    for companion in DT_MODELS.get(file, ("", "", ()))[2]:
-        if not files.has(companion):
-            found.problems.append(
-                f'{use.where}: model "{name}" needs "{companion}", which is not in the models '
-                "folder; download the model again in Draw Things"
+
+    def unregistered(self, kind: str, key: str, name: str, then: str) -> None:
+        """A name the app has no specification for: not built in, not in its registry."""
+        assert self.registry is not None
+        registry = REGISTRIES[kind][0]
+        why = self.registry.skipped[kind].get(name) or f"it is not in {registry}"
+        self.problem(
+            f'{key} "{name}" is not built into Draw Things and {why} (models folder '
+            f"{self.files.shown if self.files else '?'}), so the app has no specification for "
+            f"it ({then}); download it from Draw Things' model list, which registers it, or "
+            "import it in the app"
+        )
+
+    def missing(self, key: str, name: str, then: str) -> None:
+        shown = self.files.shown if self.files else ""
+        self.problem(
+            f'{key} "{name}" is not in Draw Things\' models folder ({shown}); download it in '
+            f"Draw Things or correct the name ({then})"
+        )
+
+    # -- each kind of name --------------------------------------------------------------------
+
+    def model(self) -> Spec | None:
+        name = self.eff.get("model")
+        if not isinstance(name, str) or not name:
+            self.problem('model: not set, and Draw Things has no model selected; set "model"')
+            return None
+        spec = self.spec("model", name)
+        if self.registry is None:
+            self.not_verified("model", name)
+            return spec
+        if spec is None:
+            self.unregistered("model", "model", name, f'"Unrecognized model name": {EVERY_ITEM}')
+            return None
+        self.downloaded("model", name, spec, EVERY_ITEM)
+        return spec
+
+    def downloaded(self, key: str, name: str, spec: Spec, then: str) -> None:
+        assert self.files is not None
+        needed = model_files(spec)
+        if not self.files.has(needed[0]):
+            self.missing(key, name, then)
+            return
+        for companion in needed[1:]:
+            if not self.files.has(companion):
+                self.problem(
+                    f'{key} "{name}" needs "{companion}", which is not in the models folder '
+                    f"({then}); download the model again in Draw Things"
+                )
+
+    def refiner(self, model: Spec | None) -> Spec | None:
+        name = self.eff.get("refiner_model")
+        if not isinstance(name, str) or not name:
+            return None
+        spec = self.spec("model", name)
+        if spec is not None and model is not None and spec["file"] == model["file"]:
+            self.problem(
+                f'refiner_model "{name}" is the base model itself: Draw Things ignores it; '
+                "name the refiner's file or set it to null"
             )
-    return file
+        versions = {v["version"] for v in (spec, model) if v is not None}
+        if len(versions) > 1 and not versions <= SDXL_FAMILY:
+            self.problem(
+                f'refiner_model "{name}" is not compatible with model "{model and model["file"]}":'
+                f" {DROPPED}"
+            )
+        if self.registry is None:
+            self.not_verified("refiner_model", name)
+        elif spec is None:
+            self.unregistered("model", "refiner_model", name, DROPPED)
+        else:
+            self.downloaded("refiner_model", name, spec, DROPPED)
+        return spec
 
+    def named_files(self) -> None:
+        """The upscaler and face restoration: each a 422 for every item when missing."""
+        names: list[tuple[str, str]] = []
+        upscaler = self.eff.get("upscaler")
+        if isinstance(upscaler, str) and upscaler:
+            names.append(("upscaler", upscaler))
+        if self.eff.get("restore_faces") is True:
+            names += [("restore_faces", f) for f in FACE_RESTORATION_FILES]
+        for key, name in names:
+            if "/" in name or "\\" in name:
+                self.problem(f'{key} "{name}": a file name, without folders')
+            elif self.files is None:
+                self.not_verified(key, name)
+            elif not self.files.has(name):
+                self.missing(key, name, EVERY_ITEM)
 
-def _version(file: str | None) -> str | None:
-    spec = DT_MODELS.get(file or "")
-    return spec[1] if spec else None
+    def loras(self, model: Spec | None, refiner: Spec | None) -> None:
+        """Each LoRA file must be there (else 422 for every item) and be for the model's or
+        the refiner's version: the app drops it otherwise, and takes a LoRA it has no
+        specification for for an SD 1.5 one."""
+        entries = self.eff.get("loras")
+        for i, lora in enumerate(entries if isinstance(entries, list) else []):
+            name = lora.get("file") if isinstance(lora, Mapping) else None
+            if not isinstance(name, str) or not name:
+                continue
+            key = f"loras[{i}].file"
+            if "/" in name or "\\" in name:
+                self.problem(f'{key} "{name}": a file name, without folders')
+                continue
+            spec = self.spec("lora", name)
+            if self.files is None:
+                self.not_verified(key, name)
+            elif not self.files.has(name):
+                self.missing(key, name, EVERY_ITEM)
+                continue
+            version = spec["version"] if spec else "v1"
+            allowed = {m["version"] for m in (model, refiner) if m is not None}
+            if allowed and version not in allowed:
+                why = (
+                    f"for {version} models"
+                    if spec or self.registry is None
+                    else f"not in {REGISTRIES['lora'][0]}, so the app takes it for a v1 LoRA"
+                )
+                self.problem(
+                    f'{key} "{name}" is {why}, not {" or ".join(sorted(allowed))}; {DROPPED}'
+                )
 
+    def controls(self, model: Spec | None) -> None:
+        controls = self.eff.get("controls")
+        for i, control in enumerate(controls if isinstance(controls, list) else []):
+            if isinstance(control, Mapping):
+                self.control(f"controls[{i}]", control, model)
 
-def _check_refiner(
-    use: Use, effective: Mapping[str, Any], model: str | None, files: Files | None, found: Findings
-) -> None:
-    name = effective.get("refiner_model")
-    if not isinstance(name, str) or not name:
-        return
-    file = _model_file(name)
-    then = "it would silently run without a refiner"
-    if file is not None and file == model:
-        found.problems.append(
-            f'{use.where}: refiner_model "{name}" is the base model itself: Draw Things ignores '
-            "it; name the refiner's file or set it to null"
-        )
-    versions = {_version(file), _version(model)}
-    if None not in versions and len(versions) > 1 and not versions <= SDXL_FAMILY:
-        found.problems.append(
-            f'{use.where}: refiner_model "{name}" is not compatible with model "{model}": '
-            f"Draw Things ignores it; {then}"
-        )
-    if files is not None and file is not None and not files.has(file):
-        found.problems.append(files.missing(use.where, "refiner_model", name, then))
-
-
-def _check_files(
-    use: Use, effective: Mapping[str, Any], files: Files | None, found: Findings
-) -> None:
-    """Upscaler, LoRAs and face restoration: each a 422 for every item when missing."""
-    names: list[tuple[str, str]] = []
-    upscaler = effective.get("upscaler")
-    if isinstance(upscaler, str) and upscaler:
-        names.append(("upscaler", upscaler))
-    loras = effective.get("loras")
-    for i, lora in enumerate(loras if isinstance(loras, list) else []):
-        if isinstance(lora, dict) and isinstance(lora.get("file"), str):
-            names.append((f"loras[{i}].file", lora["file"]))
-    if effective.get("restore_faces") is True:
-        names += [("restore_faces", f) for f in FACE_RESTORATION_FILES]
-    for key, name in names:
-        if "/" in name or "\\" in name:
-            found.problems.append(f'{use.where}: {key} "{name}": a file name, without folders')
-        elif files is not None and not files.has(name):
-            found.problems.append(files.missing(use.where, key, name, "422 for every item"))
-
-
-def _check_controls(
-    use: Use, effective: Mapping[str, Any], model: str | None, files: Files | None, found: Findings
-) -> None:
-    controls = effective.get("controls")
-    for i, control in enumerate(controls if isinstance(controls, list) else []):
-        if isinstance(control, dict):
-            _check_control(use, f"controls[{i}]", control, model, files, found)
-
-
-def _check_control(
-    use: Use,
-    key: str,
-    control: Mapping[str, Any],
-    model: str | None,
-    files: Files | None,
-    found: Findings,
-) -> None:
-    dropped = "Draw Things would silently run without this ControlNet"
-    file = control.get("file")
-    if not isinstance(file, str) or not file:
-        found.problems.append(f"{use.where}: {key} has no file; {dropped}")
-        return
-    weight = control.get("weight")
-    if isinstance(weight, int | float) and weight <= 0:
-        found.problems.append(f"{use.where}: {key}.weight is {weight}; {dropped}")
-    override = str(control.get("inputOverride") or "").lower()
-    if override not in INPUT_OVERRIDES:
-        found.problems.append(
-            f'{use.where}: {key}.inputOverride "{override}" is not one Draw Things knows (tile, '
-            f"depth, canny, …); {dropped}"
-        )
-    version, modifier = DT_CONTROLNETS.get(file, (None, None))
-    if modifier == "" and not override:
-        found.problems.append(
-            f'{use.where}: {key} "{file}" is a union ControlNet: it needs "inputOverride" '
-            f'(e.g. "tile"); {dropped}'
-        )
-    elif modifier is None and not override:
-        found.warnings.append(
-            f'{use.where}: {key} "{file}" has no inputOverride: a union ControlNet is dropped '
-            'without one (e.g. "tile")'
-        )
-    model_version = _version(model)
-    if version and model_version and version != model_version:
-        found.problems.append(
-            f'{use.where}: {key} "{file}" is for {version} models, not {model_version}; {dropped}'
-        )
-    if use.endpoint == "txt2img" and (modifier or override) in NEEDS_INPUT_IMAGE:
-        found.problems.append(
-            f"{use.where}: {key} is a {modifier or override} control on txt2img, which has no "
-            f"input image; {dropped}"
-        )
-    if files is not None and not files.has(file):
-        found.problems.append(files.missing(use.where, f"{key}.file", file, dropped))
+    def control(self, key: str, control: Mapping[str, Any], model: Spec | None) -> None:
+        file = control.get("file")
+        if not isinstance(file, str) or not file:
+            self.problem(f"{key} has no file; {DROPPED}")
+            return
+        weight = control.get("weight")
+        if isinstance(weight, int | float) and weight <= 0:
+            self.problem(f"{key}.weight is {weight}; {DROPPED}")
+        override = str(control.get("inputOverride") or "").lower()
+        if override not in INPUT_OVERRIDES:
+            self.problem(
+                f'{key}.inputOverride "{override}" is not one Draw Things knows (tile, depth, '
+                f"canny, …); {DROPPED}"
+            )
+        spec = self.spec("controlnet", file)
+        modifier = spec.get("modifier") or "" if spec else None
+        if modifier == "" and not override:
+            self.problem(
+                f'{key} "{file}" is a union ControlNet: it needs "inputOverride" (e.g. "tile"); '
+                f"{DROPPED}"
+            )
+        elif modifier is None and not override:
+            self.found.warnings.append(
+                f'{self.use.where}: {key} "{file}" has no inputOverride: a union ControlNet is '
+                'dropped without one (e.g. "tile")'
+            )
+        version = spec["version"] if spec else None
+        if version and model is not None and version != model["version"]:
+            self.problem(
+                f'{key} "{file}" is for {version} models, not {model["version"]}; {DROPPED}'
+            )
+        if self.use.endpoint == "txt2img" and (modifier or override) in NEEDS_INPUT_IMAGE:
+            self.problem(
+                f"{key} is a {modifier or override} control on txt2img, which has no input "
+                f"image; {DROPPED}"
+            )
+        if self.files is None or self.registry is None:
+            self.not_verified(f"{key}.file", file)
+        elif spec is None:
+            self.unregistered("controlnet", f"{key}.file", file, DROPPED)
+        else:
+            for needed in control_files(spec):
+                if not self.files.has(needed):
+                    self.missing(f"{key}.file", needed, DROPPED)
 
 
 def _check_hires(use: Use, effective: Mapping[str, Any], found: Findings) -> None:
