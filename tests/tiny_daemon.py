@@ -121,6 +121,7 @@ def main() -> int:
     if cfg.logging.file:  # a test that fills the share keeps its log elsewhere
         log = Path(args.config).parent / cfg.logging.file
     configure_logging(host=host, file=log, stderr=False)
+
     def toy_stage(kit: StageKit) -> list[Stage]:
         return [ToyStage(kit.ctx, args.work_s, args.pause_in_commit)]
 
