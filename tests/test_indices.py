@@ -127,6 +127,30 @@ def test_two_hosts_accepting_two_files_at_once_never_share_a_name(root: Path) ->
     assert not (layout.state / "intake.lock").exists()
 
 
+def test_hosts_that_know_nothing_of_each_other_never_share_an_index(root: Path) -> None:
+    """10 trials: three processes plan a file each for Italy/working at the same moment,
+    without the intake lock and seeing no plan, no image and no hint (listings as stale as
+    they get): all start at index 1, and the file server's exclusive creates alone give each
+    its own indices."""
+    layout = Layout(root)
+    hosts = ("a", "b", "c")
+    for n in range(10):
+        go = root / f"go-{n}"
+        for host in hosts:
+            drop(root, f"{host}{n}.json", legacy(f"a working man, try {n} on {host}"))
+        race = [sys.executable, "-m", "tests.intake_race", str(root)]
+        procs = [
+            subprocess.Popen([*race, host, f"{host}{n}.json", str(go), "blind"], cwd=REPO)
+            for host in hosts
+        ]
+        go.touch()
+        assert [p.wait(60) for p in procs] == [0, 0, 0]
+    keys = Counter(key for _source, key in planned(root))
+    assert len(read_plans(layout)) == 30
+    assert set(keys.values()) == {1}, [k for k, n in keys.items() if n > 1]
+    assert len(keys) == 30
+
+
 def test_queue_hygiene_any_case_json_and_strays_said_once(root: Path) -> None:
 
     cfg = parse_config(fast_sections(root), base_dir=root)

@@ -19,6 +19,7 @@ from emif_daemon.daemon.wiring import host_id
 from emif_daemon.intake.allocation import intake_lock
 from emif_daemon.intake.batches import (
     cancel_batch,
+    failed_items,
     finish_fix,
     journal_path,
     pending_fixes,
@@ -26,7 +27,7 @@ from emif_daemon.intake.batches import (
     start_fix,
 )
 from emif_daemon.intake.planning import Expansion, dry_run
-from emif_daemon.intake.plans import build_payload
+from emif_daemon.intake.plans import build_payload, read_plan
 from emif_daemon.intake.prompts import Job, parse
 from emif_daemon.servers.dialects import jobs_problems
 from emif_daemon.share.atomic import publish_new, read_regular
@@ -210,6 +211,9 @@ def retry_file(args: argparse.Namespace) -> int:
                 began = "finished the fix an earlier `emif retry --file` began"
                 print(f"{path.name}: {began}; {earlier} failed item(s) pending again")
                 return exit_codes.OK
+            if _fixed_already(layout, path.name, data):
+                print(f"{path.name}: the batch has this very file and no failed item already")
+                return exit_codes.OK
             fix = propose_fix(layout, exp, path.name, data)
             if isinstance(fix, list):
                 for problem in fix:
@@ -220,6 +224,13 @@ def retry_file(args: argparse.Namespace) -> int:
         clock.close()
     print(f"{path.name}: plan replaced; {result.pending_again} failed item(s) pending again")
     return exit_codes.OK
+
+
+def _fixed_already(layout: Layout, name: str, data: bytes) -> bool:
+    """The fix asked for is done (a command killed after it, run again)."""
+    plan = read_plan(layout, name)
+    same = plan is not None and plan.sha256 == hashlib.sha256(data).hexdigest()
+    return same and not failed_items(layout, name)
 
 
 def _finish_earlier_fixes(layout: Layout, name: str, data: bytes) -> int | None:

@@ -247,7 +247,8 @@ class Engine:
                 claim = self._claim(stage, item)
             except OSError as exc:
                 if unclaimable(exc):
-                    self._fail(stage, item, f"its claim cannot be made ({exc}); rename it", 0)
+                    with structlog.contextvars.bound_contextvars(item=item.key):
+                        self._fail(stage, item, f"its claim cannot be made ({exc}); rename it", 0)
                     continue
                 # Cannot write a claim (a full or read-only share): nothing was taken.
                 event = "share_full" if share_full(exc) else "claim_failed"

@@ -163,6 +163,7 @@ class Reservations:
         self.beat = beat
         self.dry = dry
         self.made: list[Path] = []
+        self.refused = 0  # creates the server refused: indices another file had taken
         self._creates = 0
 
     def _create(self, path: Path) -> bool:
@@ -173,14 +174,16 @@ class Reservations:
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
         try:
             fd = os.open(path, flags, 0o644)
-        except FileExistsError:
-            return False
         except FileNotFoundError:
             make_dirs(path.parent)
             try:
                 fd = os.open(path, flags, 0o644)
             except FileExistsError:
+                self.refused += 1
                 return False
+        except FileExistsError:
+            self.refused += 1
+            return False
         os.close(fd)
         self.made.append(path)
         return True

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -40,7 +41,6 @@ from emif_daemon.intake.plans import (
     PlanBook,
     plan_path,
     publish_plan,
-    restore_plan,
     same_name,
 )
 from emif_daemon.intake.queue_files import (
@@ -94,6 +94,7 @@ class Inbox:
         self._plans: dict[str, tuple[tuple[int, int], Plan]] = {}  # by accepted file's stat
         self._accepting: dict[str, str] = {}  # accepted by us, not planned yet → queue name
         self._said: set[str] = set()  # strays and damaged plans, each said once
+        self._repairing = threading.Lock()
         self._in_hand = 0  # moves other hosts have in hand, unplanned files, fixes: coming
 
     @classmethod
@@ -166,6 +167,8 @@ class Inbox:
                 self._finish_fix(journal)
             for path in unplanned:
                 self._plan(path, held)
+        for damaged in self.book.damaged():  # plans of finished batches too, seen planning
+            damaged.repair(self._said)
         return 0
 
     def _finish_fix(self, journal: Path) -> None:
@@ -294,6 +297,7 @@ class Inbox:
             items=len(plan),
             images=sum(j.count * j.images for j in plan.jobs),
             first_index={f"{j.nation}/{j.category}": j.first for j in plan.jobs},
+            taken_meanwhile=reservations.refused,  # indices the listings missed: refused
         )
 
     def _rename(self, accepted: Path) -> None:
@@ -359,24 +363,12 @@ class Inbox:
 
     def _plan_of(self, name: str) -> Plan | None:
         state = self.book.state(name)
-        if not isinstance(state, Damaged):
-            return state
-        plan = restore_plan(state.path)
-        if plan is not None:
-            self.log.warning("plan_restored", file=name, plan=str(state.path), damage=state.reason)
-            return plan if same_name(plan.source, name) else None
-        if str(state.path) not in self._said:
-            self._said.add(str(state.path))
-            self.log.error(
-                "plan_damaged",
-                file=name,
-                plan=str(state.path),
-                damage=state.reason,
-                hint="its copy is damaged too, so the names of its images are unknown and its "
-                "items are not made (other batches go on); restore both files from a backup "
-                "of the share, or `emif cancel` the batch and drop the file again as a new one",
-            )
-        return None
+        if isinstance(state, Damaged):
+            with self._repairing:  # the stage's workers: one restores, the other reads it
+                state = self.book.state(name)
+                if isinstance(state, Damaged):
+                    state = state.repair(self._said)
+        return state if state is not None and same_name(state.source, name) else None
 
     def _record_foreign(self) -> None:
         """Items whose name holds another file's image: failed, with the reason."""

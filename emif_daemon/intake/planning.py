@@ -137,6 +137,8 @@ def check_file(
     hinted = exp.plan(parsed, sha, name, taken=taken)
     problems = existing_spelling_problems(parsed, layout.generations)
     problems += overlap_problems(hinted, use)
+    if problems:
+        return None, problems
     for job in _one_per_folder(parsed):
         problems += reservations.spelling(job.nation, job.category, job.loc)
     if problems:

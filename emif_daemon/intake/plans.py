@@ -22,6 +22,7 @@ from typing import Any
 
 from emif_daemon.intake.plan_checks import PLAN_VERSION, checked_plan
 from emif_daemon.intake.prompts import MAX_SEED, Parsed, index_ranges
+from emif_daemon.logs import get_logger
 from emif_daemon.servers.dialects import merge_payload
 from emif_daemon.share.atomic import atomic_write, publish_new, read_regular
 from emif_daemon.share.layout import Layout
@@ -292,6 +293,26 @@ class Damaged:
     path: Path
     reason: str
 
+    def repair(self, said: set[str]) -> Plan | None:
+        """Restore the plan from its copy (`plan_restored`), or say once (`plan_damaged`)
+        what is wrong and what to do; the plan, or None."""
+        plan = restore_plan(self.path)
+        if plan is not None:
+            log = get_logger()
+            log.warning("plan_restored", plan=str(self.path), damage=self.reason)
+            return plan
+        if str(self.path) not in said:
+            said.add(str(self.path))
+            get_logger().error(
+                "plan_damaged",
+                plan=str(self.path),
+                damage=self.reason,
+                hint="its copy is damaged too, so the names of its batch's images are unknown "
+                "and its items are not made (other batches go on); restore both files from a "
+                "backup of the share, or `emif cancel` the batch and drop the file again",
+            )
+        return None
+
 
 class PlanBook:
     """Every plan on the root, each file parsed once per version (size and mtime), so a
@@ -324,8 +345,12 @@ class PlanBook:
         return out
 
     def damaged(self) -> list[Damaged]:
-        """The plan files found damaged by the last looks."""
-        return [p for _sig, p in self._parsed.values() if isinstance(p, Damaged)]
+        """The plan files found damaged since the last call (each is looked at again when
+        it is next read)."""
+        found = [(k, p) for k, (_sig, p) in self._parsed.items() if isinstance(p, Damaged)]
+        for key, _plan in found:
+            del self._parsed[key]
+        return [p for _k, p in found]
 
     def get(self, batch: str) -> Plan | None:
         """The batch's plan, or None while there is none, it is damaged, or it is another
