@@ -65,12 +65,12 @@ def main() -> None:
             step("create-exclusive", path)
         return real_open(path, flags, *a, **kw)
 
-    os.rename = around("rename", os.rename, lambda src, dst, **_: dst)  # type: ignore[assignment]
-    os.replace = around("replace", os.replace, lambda src, dst, **_: dst)  # type: ignore[assignment]
-    os.unlink = around("unlink", os.unlink, lambda p, **_: p)  # type: ignore[assignment]
+    os.rename = around("rename", os.rename, lambda src, dst, **_: dst)
+    os.replace = around("replace", os.replace, lambda src, dst, **_: dst)
+    os.unlink = around("unlink", os.unlink, lambda p, **_: p)
     os.remove = os.unlink
-    os.fsync = around("fsync", os.fsync, lambda fd: fd)  # type: ignore[assignment]
-    os.open = hooked_open  # type: ignore[assignment]
+    os.fsync = around("fsync", os.fsync, lambda fd: fd)
+    os.open = hooked_open
     native = atomic._native_noreplace
     atomic._native_noreplace = around("rename-noreplace", native, lambda src, dst: dst)
     sys.argv = [module, *args]

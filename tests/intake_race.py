@@ -42,8 +42,8 @@ def main() -> int:
         return contextlib.nullcontext(True) if blind else intake_lock(layout, clock, me)
 
     if blind:
-        planning.index_use = know_nothing  # type: ignore[assignment]
-        allocation._read_hint = lambda _folder: 0
+        setattr(planning, "index_use", know_nothing)  # noqa: B010
+        setattr(allocation, "_read_hint", lambda _folder: 0)  # noqa: B010
     box = Inbox(
         layout, Expansion("{prompt}", "", {}), lambda _e, _d: None, lock=lock, now=clock.now
     )

@@ -137,9 +137,9 @@ class Inbox:
                     self._take_or_fix(path)
         self._say_strays()
         left = self.complete_steps()
-        self._record_foreign()
         for batch in self.batches():
-            if self.open.finished(batch):
+            if self.open.finished(batch) and self.open.prove(batch):
+                self._record_foreign()
                 self._finish(batch)
         self._in_hand = moving + left
 
@@ -194,7 +194,9 @@ class Inbox:
         return [
             Path(e.path)
             for e in entries
-            if is_prompts_name(e.name) and self.book.state(e.name) is None
+            if is_prompts_name(e.name)
+            and e.name not in self._plans  # planned: known from batches()
+            and self.book.state(e.name) is None
         ]
 
     def unplanned(self) -> int:

@@ -64,7 +64,8 @@ class OpenItems:
         self.foreign: dict[str, tuple[str, str]] = {}  # item → (batch, reason): to record
 
     def of(self, batch: Batch) -> Iterator[PlannedItem]:
-        """Items of `batch` still to make, lazily, from the first one not known finished."""
+        """Items of `batch` still to make, lazily, from the first one not known finished:
+        an item whose images are in place is not made again, whoever made them."""
         done = self.outputs.scan()
         failed = self.failures.keys()
         if not failed >= self._failed_seen:  # `emif retry` made failed items pending again
@@ -72,26 +73,31 @@ class OpenItems:
             self._verdicts.clear()
         self._failed_seen = failed
         start = self._cursor.get(batch.name, 0)
-        unsure = self.unsure.setdefault(batch.name, set())
         for n, item in enumerate(batch.plan.items(start), start):
-            if item.key in failed or item.key in self.foreign:
-                finished = True
-            elif all(x in done for x in item.output_names()):
-                verdict = self.verdict(batch, item)
-                if verdict is None:
-                    unsure.add(item.key)
-                    continue  # made a moment ago, or not ours: known soon
-                unsure.discard(item.key)
-                if verdict:
-                    self.foreign[item.key] = (batch.name, verdict)
-                finished = True
-            else:
-                finished = False
+            finished = item.key in failed or all(x in done for x in item.output_names())
             if finished and n == start:
                 start = n + 1
                 self._cursor[batch.name] = start
             if not finished:
                 yield item
+
+    def prove(self, batch: Batch) -> bool:
+        """Once nothing is left to make: whether every image in place is known to be the
+        batch's own or not (those that are not go to `foreign`, to be failed). False while
+        one cannot be told yet (counted in `unsure`: work still coming). Each image's
+        sidecar is read once, when its batch ends, never on the rounds before."""
+        done = self.outputs.scan()
+        failed = self.failures.keys()
+        unsure = set()
+        for item in batch.plan.items():
+            if all(x in done for x in item.output_names()):
+                verdict = self.verdict(batch, item)
+                if verdict is None:
+                    unsure.add(item.key)
+                elif verdict and item.key not in failed:
+                    self.foreign.setdefault(item.key, (batch.name, verdict))
+        self.unsure[batch.name] = unsure
+        return not unsure
 
     def verdict(self, batch: Batch, item: PlannedItem) -> str | None:
         """ "" if the item's images are the batch's own, why not if they are not, None while
@@ -109,13 +115,13 @@ class OpenItems:
         return sum(len(b.plan) - self._cursor.get(b.name, 0) for b in batches)
 
     def finished(self, batch: Batch) -> bool:
-        """Every item made (its own image) or failed."""
-        return next(self.of(batch), None) is None and not self.unsure.get(batch.name)
+        """Every item has its images in place or failed."""
+        return next(self.of(batch), None) is None
 
     def summary(self, batch: Batch) -> tuple[int, list[tuple[str, str | None]]] | None:
-        """(items made by the batch, [(item, reason)] of the others), or None when a
-        failure the listing showed is not there when its record is read (an `emif retry`
-        a moment ago): not finished after all."""
+        """(items made by the batch, [(item, reason)] of the others), after `prove`; None
+        when an image is not proven yet, or a failure the listing showed is not there when
+        its record is read (an `emif retry` a moment ago): not finished after all."""
         done = self.outputs.scan()
         made = 0
         failures: list[tuple[str, str | None]] = []
