@@ -143,3 +143,41 @@ def test_a_kill_at_every_step_of_retry_file_loses_nothing(
         assert json.loads((done / "b.before-fix.json").read_text()) == wrong, where
         assert left_over(root) == [], where
         assert not list((root / ".emif" / "failed" / "generate").rglob("*.json")), where
+
+
+@pytest.mark.timeout(1500)
+def test_a_kill_at_every_step_of_a_fix_by_a_dropped_file_loses_nothing(
+    tmp_path: Path, sdapi: sdapi_server.SdapiHTTPServer
+) -> None:
+    """The corrected file dropped into queue/ under the batch's name; the intake round that
+    takes it is killed at each step; the next `--once` finishes the fix and makes the
+    images, and the corrected file is never taken for a new batch."""
+    base = tmp_path / "base"
+    init_root(Layout(base / "root"), "test")
+    wrong = {"defaults": {"seed": 5, "payload": {"no_such_key": 1}}, "jobs": BATCH["jobs"]}
+    right = {"defaults": {"seed": 5, "payload": {"steps": 3}}, "jobs": BATCH["jobs"]}
+    (base / "root" / "queue" / "b.json").write_text(json.dumps(wrong))
+    cfg = pipeline_config(base / "root", sdapi.url, upscale=False)
+    assert run_emif("run", "--once", "--no-progress", "--config", str(cfg)).returncode == 1
+    (base / "root" / "queue" / "b.json").write_text(json.dumps(right))
+    root, cfg = fresh(base, tmp_path / "count", sdapi.url)
+    code, steps = crash_at(0, root, "tests.intake_step", str(cfg))
+    assert code == 0, steps
+    assert len(steps) > 10, steps
+    for n in range(1, len(steps) + 1):
+        root, cfg = fresh(base, tmp_path / f"kill-{n}", sdapi.url)
+        code, _ = crash_at(n, root, "tests.intake_step", str(cfg))
+        assert code == -signal.SIGKILL, f"step {n} ({steps[n - 1]}) was not reached"
+        where = f"killed before step {steps[n - 1]}"
+        once = run_emif("run", "--once", "--no-progress", "--config", str(cfg), timeout=90)
+        assert once.returncode == 0, f"{where}: --once exited {once.returncode}"
+        assert pngs(root / "GENERATIONS") == [
+            "Norway/family/Norway_family_1_1.png",
+            "Norway/family/Norway_family_2_1.png",
+        ], where
+        done = root / "queue" / "done"
+        assert json.loads((done / "b.json").read_text()) == right, where
+        assert json.loads((done / "b.before-fix.json").read_text()) == wrong, where
+        assert left_over(root) == [], where
+        assert not (root / "queue" / "b.json").exists(), where
+        assert not list((root / "queue" / "rejected").iterdir()), where

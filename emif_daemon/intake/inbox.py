@@ -28,6 +28,7 @@ from emif_daemon.intake.allocation import Reservations, beat_of, intake_lock
 from emif_daemon.intake.batches import (
     failed_items,
     finish_fix,
+    journal_path,
     pending_fixes,
     propose_fix,
     start_fix,
@@ -129,6 +130,7 @@ class Inbox:
         restored, moving = undo_stranded_moves(self.layout, self.now(), self.me)
         for path in restored:
             self.log.warning("prompts_move_undone", file=str(path))
+        left = self.complete_steps()  # first: a fix cut short owns its corrected queue file
         queued = queued_files(self.layout)
         if queued:
             now = self.now()
@@ -136,7 +138,6 @@ class Inbox:
                 if self.settler.ready(path, now):
                     self._take_or_fix(path)
         self._say_strays()
-        left = self.complete_steps()
         for batch in self.batches():
             if self.open.finished(batch) and self.open.prove(batch):
                 self._record_foreign()
@@ -226,6 +227,8 @@ class Inbox:
         """A file named like a finished batch with failed items is its correction: its
         failed items are made again with the new plan (batches.py). True if it was one."""
         layout = self.layout
+        if journal_path(layout, path.name).exists():
+            return True  # a fix under way owns it: it is removed when the fix is done
         if not (layout.done / path.name).is_file() or not failed_items(layout, path.name):
             return False
         try:
