@@ -15,6 +15,8 @@ from structlog.testing import capture_logs
 
 from emif_daemon.config.schema import parse_config
 from emif_daemon.daemon.wiring import make_kit
+from emif_daemon.intake.allocation import Reservations
+from emif_daemon.intake.batches import cancel_batch
 from emif_daemon.intake.inbox import Inbox
 from emif_daemon.intake.planning import Expansion
 from emif_daemon.intake.plans import read_plans
@@ -189,3 +191,42 @@ def test_a_file_accepted_while_the_lock_was_busy_is_work_still_coming(root: Path
     box.plan_waiting()
     assert box.unplanned() == 0
     assert [b.name for b in box.batches()] == ["a.json"]
+
+
+def test_a_reservation_moves_past_indices_a_stale_hint_missed(root: Path) -> None:
+    """Another host reserved 1…3 where this one has listed nothing (and the `next` hint is
+    gone): the server refuses those creates, and this file gets 4…6."""
+    layout = Layout(root)
+    other = Reservations(layout)
+    assert other.run("Norway", "family", 1, 3) == 1
+    other.keep()
+    (layout.indices / "norway" / "family" / "next").unlink()
+    mine = Reservations(layout)
+    assert mine.run("Norway", "family", 1, 3) == 4
+    assert mine.refused == 3
+    assert mine.exact("norway", "FAMILY", 2, 1) == [2]  # one sequence for every spelling
+
+
+def test_a_refused_file_leaves_no_reservation_behind(root: Path) -> None:
+    box = inbox(root)
+    box.take(drop(root, "a.json", legacy("a working man at the docks")))
+    again = {"jobs": [{"nation": "Italy", "category": "working", "prompt": "x", "count": 2},
+                      {"nation": "Italy", "category": "working", "prompt": "y",
+                       "start_index": 1}]}  # fmt: skip
+    box.take(drop(root, "b.json", again))
+    assert (root / "queue" / "rejected" / "b.json").exists()
+    markers = sorted(p.name for p in (root / ".emif" / "indices").rglob("*") if p.name.isdigit())
+    assert markers == ["0", "1"]  # a.json's index 1 (in folder 0), nothing of b.json's
+    box.take(drop(root, "c.json", legacy("a working man at a forge")))
+    assert planned(root)[-1] == ("c.json", "Italy/working/Italy_working_2")
+
+
+def test_a_name_a_cancelled_batch_had_gets_a_name_of_its_own(root: Path) -> None:
+    box = inbox(root)
+    box.take(drop(root, "x.json", legacy("a working man")))
+    cancel_batch(Layout(root), "x.json", host="test")
+    box.take(drop(root, "x.json", legacy("a working woman")))
+    assert sorted(planned(root)) == [
+        ("x-2.json", "Italy/working/Italy_working_2"),
+        ("x.json", "Italy/working/Italy_working_1"),
+    ]

@@ -48,6 +48,7 @@ from emif_daemon.intake.queue_files import (
     is_prompts_name,
     move_unique,
     queued_files,
+    rename_within,
     stray_files,
     undo_stranded_moves,
 )
@@ -258,7 +259,13 @@ class Inbox:
         the renamed file: a file replaced in queue/ meanwhile is planned from what was
         accepted, never from what was there before.
         """
-        target = move_unique(path, self.layout.accepted, avoid=(self.layout.done,))
+        layout = self.layout
+        target = move_unique(
+            path,
+            layout.accepted,
+            avoid=(layout.done, layout.cancelled),
+            taken=lambda name: plan_path(layout, name).exists(),  # an earlier batch's name
+        )
         if target is None:
             return
         self._accepting[target.name] = path.name
@@ -307,20 +314,13 @@ class Inbox:
 
     def _rename(self, accepted: Path) -> None:
         """Another batch's plan holds this file's plan path (a name that differs from it only
-        in case, or that the batch of a file cancelled or finished had): the file gets a name
-        of its own, planned next round."""
-        stem, suffix = accepted.stem, accepted.suffix
-        for n in range(2, 1000):
-            target = accepted.with_name(f"{stem}-{n}{suffix}")
-            taken = plan_path(self.layout, target.name), self.layout.done / target.name
-            if any(path.exists() for path in taken):
-                continue
-            try:
-                rename_noreplace(accepted, target)
-            except FileExistsError:
-                continue
-            except FileNotFoundError:
-                return
+        in case, or that a cancelled or finished batch had): the file gets a name of its
+        own, planned next round."""
+        layout = self.layout
+        target = rename_within(
+            accepted, lambda n: plan_path(layout, n).exists() or (layout.done / n).exists()
+        )
+        if target is not None:
             self._accepting[target.name] = self._accepting.pop(accepted.name, accepted.name)
             self.log.warning(
                 "prompts_renamed",
@@ -328,7 +328,6 @@ class Inbox:
                 accepted_as=target.name,
                 reason="a batch of a name a Mac takes for this one exists already",
             )
-            return
 
     def reject(self, accepted: Path, name: str, problems: list[str]) -> None:
         """Move a prompts file to rejected/ beside `<stem>.error.json` with the problems."""

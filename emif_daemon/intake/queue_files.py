@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from emif_daemon.share.atomic import rename_noreplace
@@ -64,15 +65,20 @@ def name_keys(*folders: Path) -> set[str]:
     return keys
 
 
-def move_unique(src: Path, folder: Path, avoid: tuple[Path, ...] = ()) -> Path | None:
+def move_unique(
+    src: Path,
+    folder: Path,
+    avoid: tuple[Path, ...] = (),
+    taken: Callable[[str], bool] = lambda _name: False,
+) -> Path | None:
     """Rename `src` into `folder` under a name not taken yet; None if another host won.
 
     First the file is renamed, beside itself, to a name only this process uses: one host
     wins it, and no rename ever targets a name another host may be renaming onto (a Mac's
     SMB client "replaces" by deleting the target first, which could delete the winner's
     file). Then it goes to `folder` under a free name, by a no-replace rename; names whose
-    stem a Mac would take for one already in `avoid` (or `folder`) are skipped, so a batch
-    keeps one name from accepted/ to done/. That look is a listing, a hint: what makes a
+    stem a Mac would take for one already in `avoid`, or that are `taken`, are skipped, so a
+    batch keeps one name from accepted/ to done/. Those looks are hints: what makes a
     batch's name its own is its plan's path (inbox.py).
     """
     held = src.with_name(held_name(src.name, MOVING_MARK))
@@ -84,7 +90,7 @@ def move_unique(src: Path, folder: Path, avoid: tuple[Path, ...] = ()) -> Path |
     known = name_keys(*avoid) if avoid else set()
     for n in range(1, 1000):
         target = folder / (src.name if n == 1 else f"{stem}-{n}{suffix}")
-        if key_component(target.stem) in known:
+        if key_component(target.stem) in known or taken(target.name):
             continue
         try:
             rename_noreplace(held, target)
@@ -93,6 +99,23 @@ def move_unique(src: Path, folder: Path, avoid: tuple[Path, ...] = ()) -> Path |
             continue
     os.rename(held, src)  # give it back rather than strand it
     raise OSError(f"no free name for {src.name} in {folder}")
+
+
+def rename_within(path: Path, taken: Callable[[str], bool]) -> Path | None:
+    """Rename `path` in its folder to `<stem>-<n><suffix>`, the first n not `taken` and not
+    there (no-replace); None if `path` is gone (another host moved it)."""
+    for n in range(2, 1000):
+        target = path.with_name(f"{path.stem}-{n}{path.suffix}")
+        if taken(target.name):
+            continue
+        try:
+            rename_noreplace(path, target)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:
+            return None
+        return target
+    raise OSError(f"no free name for {path.name} in {path.parent}")
 
 
 def stranded_moves(
