@@ -59,7 +59,7 @@ class IntakeTrials:
     said: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # batch → batch_done
     unfinished: list[str] = field(default_factory=list)
     rejected: list[str] = field(default_factory=list)
-    decided_by_server: int = 0  # plans whose hint was stale: the server refused a create
+    decided_by_server: int = 0  # plans whose start hint was stale: a create was refused
 
     def overlaps(self) -> list[str]:
         spans = sorted((first, last, batch) for batch, (first, last) in self.ranges.items())
@@ -96,8 +96,8 @@ class IntakeTrials:
     def summary(self) -> str:
         return (
             f"{self.trials} trials × {self.hosts} hosts in {self.seconds:.0f} s: "
-            f"{len(self.ranges)} plans ({self.decided_by_server} planned from a stale listing, "
-            f"their indices moved on by refused creates), {len(self.overlaps())} overlaps, "
+            f"{len(self.ranges)} plans ({self.decided_by_server} moved on by creates the server "
+            f"refused), {len(self.overlaps())} overlaps, "
             f"{len(self.images)} images for {self.trials * self.hosts * COUNT} asked"
         )
 
