@@ -15,6 +15,8 @@ from structlog.testing import capture_logs
 
 from emif_daemon.config.schema import parse_config
 from emif_daemon.daemon.wiring import make_kit
+from emif_daemon.intake.allocation import Reservations
+from emif_daemon.intake.batches import cancel_batch
 from emif_daemon.intake.inbox import Inbox
 from emif_daemon.intake.planning import Expansion
 from emif_daemon.intake.plans import read_plans
@@ -130,6 +132,30 @@ def test_two_hosts_accepting_two_files_at_once_never_share_a_name(root: Path) ->
     assert not (layout.state / "intake.lock").exists()
 
 
+def test_hosts_that_know_nothing_of_each_other_never_share_an_index(root: Path) -> None:
+    """10 trials: three processes plan a file each for Italy/working at the same moment,
+    without the intake lock and seeing no plan, no image and no hint (listings as stale as
+    they get): all start at index 1, and the file server's exclusive creates alone give each
+    its own indices."""
+    layout = Layout(root)
+    hosts = ("a", "b", "c")
+    for n in range(10):
+        go = root / f"go-{n}"
+        for host in hosts:
+            drop(root, f"{host}{n}.json", legacy(f"a working man, try {n} on {host}"))
+        race = [sys.executable, "-m", "tests.intake_race", str(root)]
+        procs = [
+            subprocess.Popen([*race, host, f"{host}{n}.json", str(go), "blind"], cwd=REPO)
+            for host in hosts
+        ]
+        go.touch()
+        assert [p.wait(60) for p in procs] == [0, 0, 0]
+    keys = Counter(key for _source, key in planned(root))
+    assert len(read_plans(layout)) == 30
+    assert set(keys.values()) == {1}, [k for k, n in keys.items() if n > 1]
+    assert len(keys) == 30
+
+
 def test_queue_hygiene_any_case_json_and_strays_said_once(root: Path) -> None:
 
     cfg = parse_config(fast_sections(root), base_dir=root)
@@ -169,3 +195,42 @@ def test_a_file_accepted_while_the_lock_was_busy_is_work_still_coming(root: Path
     box.plan_waiting()
     assert box.unplanned() == 0
     assert [b.name for b in box.batches()] == ["a.json"]
+
+
+def test_a_reservation_moves_past_indices_a_stale_hint_missed(root: Path) -> None:
+    """Another host reserved 1…3 where this one has listed nothing (and the `next` hint is
+    gone): the server refuses those creates, and this file gets 4…6."""
+    layout = Layout(root)
+    other = Reservations(layout)
+    assert other.run("Norway", "family", 1, 3) == 1
+    other.keep()
+    (layout.indices / "norway" / "family" / "next").unlink()
+    mine = Reservations(layout)
+    assert mine.run("Norway", "family", 1, 3) == 4
+    assert mine.refused == 3
+    assert mine.exact("norway", "FAMILY", 2, 1) == [2]  # one sequence for every spelling
+
+
+def test_a_refused_file_leaves_no_reservation_behind(root: Path) -> None:
+    box = inbox(root)
+    box.take(drop(root, "a.json", legacy("a working man at the docks")))
+    again = {"jobs": [{"nation": "Italy", "category": "working", "prompt": "x", "count": 2},
+                      {"nation": "Italy", "category": "working", "prompt": "y",
+                       "start_index": 1}]}  # fmt: skip
+    box.take(drop(root, "b.json", again))
+    assert (root / "queue" / "rejected" / "b.json").exists()
+    markers = sorted(p.name for p in (root / ".emif" / "indices").rglob("*") if p.name.isdigit())
+    assert markers == ["0", "1"]  # a.json's index 1 (in folder 0), nothing of b.json's
+    box.take(drop(root, "c.json", legacy("a working man at a forge")))
+    assert planned(root)[-1] == ("c.json", "Italy/working/Italy_working_2")
+
+
+def test_a_name_a_cancelled_batch_had_gets_a_name_of_its_own(root: Path) -> None:
+    box = inbox(root)
+    box.take(drop(root, "x.json", legacy("a working man")))
+    cancel_batch(Layout(root), "x.json", host="test")
+    box.take(drop(root, "x.json", legacy("a working woman")))
+    assert sorted(planned(root)) == [
+        ("x-2.json", "Italy/working/Italy_working_2"),
+        ("x.json", "Italy/working/Italy_working_1"),
+    ]

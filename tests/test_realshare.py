@@ -34,6 +34,7 @@ from tests.helpers import (
     wait_for,
     write_config,
 )
+from tests.intake_farm import intake_trials
 from tests.maclike import MacLikeMount
 from tests.realshare import RealShare
 from tests.realshare.farm import events, init_root, pngs, run_farm
@@ -116,6 +117,35 @@ def test_three_daemons_on_three_smb_mounts_survive_a_sigkill(
             f"smbnetfs logs {logs}; then: {problems}; {report}"
         )
     assert not problems, "\n".join(problems) + "\n\n" + report
+
+
+@pytest.mark.timeout(3600)
+@pytest.mark.parametrize("hosts", [2, 3])
+def test_files_enqueued_at_once_through_several_smb_hosts_never_share_an_index(
+    real_share: RealShare, tmp_path: Path, hosts: int
+) -> None:
+    """Issue 20's farm: one file for Norway/family per host, enqueued at once through each
+    host's own SMB mount, 10 trials with the mounts' listing caches as configured (a Mac's,
+    with the harness's Mac-faithful defaults): no index planned twice, every image asked for
+    on the server once and made by its own batch, every `batch_done` as the server shows."""
+    dirs = shared_folder(real_share, f"intake{hosts}")
+    roots = {c: dirs[c] for c in real_share.clients[:hosts]}
+    with serving("drawthings", latency=0.05) as sd:
+        run = intake_trials(
+            roots,
+            real_share.server_dir / dirs["a"].name,
+            tmp_path / "work",
+            sd.url,
+            trials=10,
+            # the daemons re-list a changed folder as long as the client may cache it: a
+            # Mac's listing cache is 30-60 s, the harness's own setting where it has one
+            listing_s=float(getattr(real_share, "dir_cache_s", 60.0)),
+        )
+    problems = run.failures()
+    dead = real_share.mount_problems()
+    if problems and dead:
+        pytest.xfail(f"the SMB client failed, not (only) the daemon: {dead}; {problems}")
+    assert not problems, run.summary() + "\n" + "\n".join(problems)
 
 
 # -- the Mac-like layer -------------------------------------------------------------------------
@@ -290,7 +320,12 @@ def test_a_case_twin_of_an_existing_folder_is_refused_at_validation(
     enqueue(cfg, work, "first.json", {"jobs": [{"nation": "Italy", **job}]})
     assert run_once(cfg, work) == 0, log_excerpt(work)
     sent = len(sdapi.state.generations())
-    enqueue(cfg, work, "second.json", {"jobs": [{"nation": "italy", **job, "count": 2}]})
+    second = {"jobs": [{"nation": "italy", **job, "count": 2}]}
+    (work / "second.json").write_text(json.dumps(second))
+    refused = run_emif("enqueue", str(work / "second.json"), "--config", str(cfg))
+    assert refused.returncode == 1  # enqueue applies the daemon's rules, with its reasons
+    assert "'italy' differs only in case from the existing folder" in refused.stdout
+    enqueue(cfg, work, "second.json", second, force=True)
     run_once(cfg, work)
     server = mac_share.source
     error = server / "queue" / "rejected" / "second.error.json"
@@ -352,3 +387,67 @@ def test_a_missing_or_dropped_share_builds_nothing_locally_and_work_resumes(
     assert code == 0
     sequence = [e["event"] for e in events(work) if e["event"].startswith("share_")]
     assert sequence == ["share_unavailable", "share_back"] * 2, sequence
+
+
+@pytest.mark.timeout(2400)
+@pytest.mark.parametrize("hosts", [2, 3])
+def test_files_enqueued_at_once_through_several_macs_never_share_an_index(
+    fuse_ok: None, tmp_path: Path, hosts: int
+) -> None:
+    """The same farm on the Mac-like layer, one mount per Mac, listings cached 30 s (the
+    least a Mac keeps them): under the intake lock each host plans from a listing of
+    .emif/jobs/ and GENERATIONS/ that misses the other hosts' newest plans and images; the
+    index reservations keep every batch's names its own."""
+    (tmp_path / "server").mkdir()
+    mounts = [
+        MacLikeMount(tmp_path / "server", tmp_path / f"mac-{h}", dir_cache_s=30.0)
+        for h in "abc"[:hosts]
+    ]
+    try:
+        roots = {m.mountpoint.name: m.start().mountpoint for m in mounts}
+        with serving("drawthings", latency=0.05) as sd:
+            run = intake_trials(
+                roots, tmp_path / "server", tmp_path / "work", sd.url, trials=10, listing_s=30.0
+            )
+    finally:
+        for mount in mounts:
+            mount.stop()
+    problems = run.failures()
+    assert not problems, run.summary() + "\n" + "\n".join(problems)
+    print(run.summary())
+
+
+def test_italy_and_italy_dropped_together_on_a_mac_share_never_end_with_images_missing(
+    mac_share: MacLikeMount, sdapi: sdapi_server.SdapiHTTPServer, tmp_path: Path
+) -> None:
+    """a.json asks for Italy/family × 3, b.json for italy/family × 3, both dropped at once on
+    a volume that ignores case: both were accepted with first_index 1 and b's images never
+    made. Now the second is refused, naming the spelling the first recorded."""
+    work = tmp_path / "work"
+    cfg = mac_config(mac_share.mountpoint, work, sdapi.url)
+    ready(mac_share, cfg)
+    queue = mac_share.mountpoint / "queue"
+    for name, nation in (("a.json", "Italy"), ("b.json", "italy")):
+        doc = {"jobs": [{"nation": nation, "category": "family", "prompt": name, "count": 3}]}
+        (queue / name).write_text(json.dumps(doc))
+    run_once(cfg, work)
+    server = mac_share.source
+    said = {e["file"]: e for e in events(work) if e.get("event") == "batch_done"}
+    refused = sorted(p.name for p in (server / "queue" / "rejected").glob("*.error.json"))
+    made = sorted(pngs(server / "GENERATIONS"))
+    for batch, done in said.items():  # never done with images missing
+        own = [
+            p
+            for p in made
+            if json.loads((server / "GENERATIONS" / p).with_suffix(".json").read_text())["source"]
+            == batch
+        ]
+        assert (done["done"], done["failed"]) == (len(own), 0), (batch, done, made)
+    if len(said) == 2:
+        assert len(made) == 6
+    else:
+        assert len(said) == 1
+        assert len(refused) == 1, log_excerpt(work)
+        problems = json.loads((server / "queue" / "rejected" / refused[0]).read_text())["problems"]
+        assert any("differs only in case" in p for p in problems), problems
+        assert len(made) == 3

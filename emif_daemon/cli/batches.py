@@ -4,6 +4,7 @@ file, and to the items that failed."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -15,13 +16,21 @@ from emif_daemon.cli.arguments import config_of, read_file
 from emif_daemon.cli.commands import Command
 from emif_daemon.config.schema import load_config, resolve_config_path
 from emif_daemon.daemon.wiring import host_id
-from emif_daemon.intake.allocation import index_use, intake_lock, overlap_problems
-from emif_daemon.intake.batches import FixResult, cancel_batch, fix_batch
-from emif_daemon.intake.planning import Expansion, existing_spelling_problems
-from emif_daemon.intake.plans import build_payload, expand, read_plans
-from emif_daemon.intake.prompts import Job, Limits, parse
+from emif_daemon.intake.allocation import intake_lock
+from emif_daemon.intake.batches import (
+    cancel_batch,
+    failed_items,
+    finish_fix,
+    journal_path,
+    pending_fixes,
+    propose_fix,
+    start_fix,
+)
+from emif_daemon.intake.planning import Expansion, dry_run
+from emif_daemon.intake.plans import build_payload, read_plan
+from emif_daemon.intake.prompts import Job, parse
 from emif_daemon.servers.dialects import jobs_problems
-from emif_daemon.share.atomic import publish_new
+from emif_daemon.share.atomic import publish_new, read_regular
 from emif_daemon.share.clock import ServerClock
 from emif_daemon.share.control import retry_failed
 from emif_daemon.share.identity import HostIdentity
@@ -41,6 +50,8 @@ def validate(args: argparse.Namespace) -> int:
     problems = list(parsed.problems)
     if not problems:
         problems = _payload_problems(args, parsed.jobs)
+    if not problems:
+        problems = _acceptance_problems(args, path.name, data)
     for problem in problems:
         print(f"{path}: {problem}")
     if problems:
@@ -59,6 +70,17 @@ def _payload_problems(args: argparse.Namespace, jobs: list[Job]) -> list[str]:
     return jobs_problems(load_config(config).generate.payload, jobs)
 
 
+def _acceptance_problems(args: argparse.Namespace, name: str, data: bytes) -> list[str]:
+    """The daemon's acceptance rules against the config's root, when there is a config:
+    the very same file again, spellings, start_index over existing images, name lengths."""
+    config = resolve_config_path(getattr(args, "config", None))
+    if not config.exists() and not getattr(args, "config", None):
+        return []
+    cfg = load_config(config)
+    layout = Layout(cfg.paths.root)
+    return dry_run(layout, Expansion.of(cfg.generate), name, data)[1]
+
+
 def enqueue_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("file")
     p.add_argument("--force", action="store_true", help="enqueue even if invalid")
@@ -70,13 +92,16 @@ def enqueue(args: argparse.Namespace) -> int:
     data = read_file(path)
     if data is None:
         return exit_codes.FAILED
-    problems = parse(data).problems
+    layout = Layout(cfg.paths.root)
+    # The daemon's own acceptance rules (intake/planning.py): what it would refuse is
+    # refused here, with its reasons.
+    problems = dry_run(layout, Expansion.of(cfg.generate), path.name, data, queue=True)[1]
     if problems and not args.force:
         for problem in problems:
             print(f"{path}: {problem}")
-        print(f"{path}: not enqueued; fix it or pass --force", file=sys.stderr)
+        refused = "not enqueued: the daemon would refuse it; fix it or pass --force"
+        print(f"{path}: {refused}", file=sys.stderr)
         return exit_codes.FAILED
-    layout = Layout(cfg.paths.root)
     layout.queue.mkdir(parents=True, exist_ok=True)
     target = layout.queue / path.name
     try:
@@ -101,35 +126,21 @@ def plan(args: argparse.Namespace) -> int:
     data = read_file(path)
     if data is None:
         return exit_codes.FAILED
-    parsed = parse(data, Limits(max_items=cfg.generate.max_items_per_file))
     layout = Layout(cfg.paths.root)
-    problems = list(parsed.problems)
+    planned, problems = dry_run(layout, Expansion.of(cfg.generate), path.name, data)
     rows: list[dict[str, Any]] = []
-    if not problems:
-        use = index_use(layout, {(j.nation, j.category) for j in parsed.jobs}, read_plans(layout))
-        planned = expand(
-            parsed,
-            file_sha=hashlib.sha256(data).hexdigest(),
-            template=cfg.generate.prompt_template,
-            negative_default=cfg.generate.negative_prompt,
-            base_payload=cfg.generate.payload,
-            source=path.name,
-            taken={folder: u.highest for folder, u in use.items()},
+    for item in planned.items() if planned is not None else ():
+        names = item.output_names()
+        rows.append(
+            {
+                "item": item.key,
+                "outputs": names,
+                "exist": [n for n in names if (layout.generations / n).exists()],
+                "seed": item.seed,
+                "prompt": item.prompt,
+                "payload": build_payload(cfg.generate.payload, item),
+            }
         )
-        problems = existing_spelling_problems(planned, layout.generations)
-        problems += overlap_problems(planned, use)
-        for item in planned.items():
-            names = item.output_names()
-            rows.append(
-                {
-                    "item": item.key,
-                    "outputs": names,
-                    "exist": [n for n in names if (layout.generations / n).exists()],
-                    "seed": item.seed,
-                    "prompt": item.prompt,
-                    "payload": build_payload(cfg.generate.payload, item),
-                }
-            )
     if args.json:
         print(json.dumps({"file": str(path), "problems": problems, "items": rows}, indent=2))
     else:
@@ -179,7 +190,8 @@ def retry(args: argparse.Namespace) -> int:
 
 def retry_file(args: argparse.Namespace) -> int:
     """`emif retry --file FILE`: the corrected file replaces the plan of the batch of the
-    same name, and its failed items are made again with it."""
+    same name, and its failed items are made again with it. Written down first, so a kill
+    anywhere is completed by the next `retry --file` or any daemon (intake/batches.py)."""
     cfg = config_of(args)
     path = Path(args.file)
     data = read_file(path)
@@ -194,15 +206,52 @@ def retry_file(args: argparse.Namespace) -> int:
             if not held:
                 print("another host is accepting a file right now; try again", file=sys.stderr)
                 return exit_codes.FAILED
-            result = fix_batch(layout, exp, path.name, data)
+            earlier = _finish_earlier_fixes(layout, path.name, data)
+            if earlier is not None:
+                began = "finished the fix an earlier `emif retry --file` began"
+                print(f"{path.name}: {began}; {earlier} failed item(s) pending again")
+                return exit_codes.OK
+            if _fixed_already(layout, path.name, data):
+                print(f"{path.name}: the batch has this very file and no failed item already")
+                return exit_codes.OK
+            fix = propose_fix(layout, exp, path.name, data)
+            if isinstance(fix, list):
+                for problem in fix:
+                    print(f"{path}: {problem}", file=sys.stderr)
+                return exit_codes.FAILED
+            result = start_fix(layout, fix)
     finally:
         clock.close()
-    if not isinstance(result, FixResult):
-        for problem in result:
-            print(f"{path}: {problem}", file=sys.stderr)
-        return exit_codes.FAILED
     print(f"{path.name}: plan replaced; {result.pending_again} failed item(s) pending again")
     return exit_codes.OK
+
+
+def _fixed_already(layout: Layout, name: str, data: bytes) -> bool:
+    """The fix asked for is done (a command killed after it, run again)."""
+    plan = read_plan(layout, name)
+    same = plan is not None and plan.sha256 == hashlib.sha256(data).hexdigest()
+    return same and not failed_items(layout, name)
+
+
+def _finish_earlier_fixes(layout: Layout, name: str, data: bytes) -> int | None:
+    """Finish every fix a killed command or daemon left; if one was this very fix, how many
+    items it made pending again."""
+    mine = journal_path(layout, name)
+    ours = None
+    for journal in pending_fixes(layout):
+        same = False
+        if journal == mine:
+            with contextlib.suppress(OSError, ValueError):
+                doc = json.loads(read_regular(journal, 2**30))
+                same = doc.get("sha256") == hashlib.sha256(data).hexdigest()
+        try:
+            result = finish_fix(layout, journal)
+        except (OSError, ValueError) as exc:
+            print(f"{journal}: cannot finish this earlier fix: {exc}", file=sys.stderr)
+            continue
+        if same:
+            ours = result.pending_again
+    return ours
 
 
 COMMANDS = {

@@ -86,6 +86,16 @@ def share_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
 
 
+def unclaimable(exc: BaseException) -> bool:
+    """The item's own claim cannot be made (a name over 255 bytes, a folder in its place):
+    a fault of that item's name alone, failed with the reason, never the stage's."""
+    return isinstance(exc, OSError) and exc.errno in (
+        errno.ENAMETOOLONG,
+        errno.EISDIR,
+        errno.ENOTDIR,
+    )
+
+
 def reason_for(exc: BaseException) -> str:
     """The failure reason recorded for an error: its own message, or its class for a bug."""
     if isinstance(exc, TransientError | PermanentItemError):

@@ -28,6 +28,7 @@ from emif_daemon.engine.outcomes import (
     Verdict,
     reason_for,
     share_full,
+    unclaimable,
     verdict_for,
 )
 from emif_daemon.engine.server_wait import Patience
@@ -245,6 +246,10 @@ class Engine:
             try:
                 claim = self._claim(stage, item)
             except OSError as exc:
+                if unclaimable(exc):
+                    with structlog.contextvars.bound_contextvars(item=item.key):
+                        self._fail(stage, item, f"its claim cannot be made ({exc}); rename it", 0)
+                    continue
                 # Cannot write a claim (a full or read-only share): nothing was taken.
                 event = "share_full" if share_full(exc) else "claim_failed"
                 self._say_once(event, error=exc.strerror or str(exc))

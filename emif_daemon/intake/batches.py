@@ -5,32 +5,61 @@ count, in order) as the batch it fixes, and its plan reuses the batch's indices.
 items that failed are made again, with the new prompts and payloads; an item whose images
 exist is never touched. A cancelled batch leaves queue/accepted/ for queue/cancelled/, so
 no host claims its items any more; items in hand finish.
+
+A fix takes several steps, so it is written down first (docs/protocol.md#fixing-a-batch):
+`.emif/fixes/<key>.json` holds the corrected file, its plan and the failed items, and is the
+one step that decides the fix happens. Its steps are then done in an order in which a kill at
+any point leaves the old state or a state the journal completes: the plan (its copy first),
+the failed items' records and broken claims, the finished file set aside as
+`<stem>.before-fix.json`, the corrected file in queue/accepted/, the corrected file in queue/
+(if that is how it came), and last the journal. Each step can be done twice. Any host's
+intake (under the intake lock) and `emif retry --file` complete a journal they find.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
+import json
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from emif_daemon.intake.planning import Expansion
-from emif_daemon.intake.plans import Plan, expand, read_plan, replace_plan
+from emif_daemon.intake.plans import Plan, read_plan, replace_plan
 from emif_daemon.intake.prompts import parse
-from emif_daemon.intake.queue_files import unique_name
-from emif_daemon.share.atomic import atomic_write, atomic_write_json, rename_noreplace
+from emif_daemon.share.atomic import (
+    atomic_write,
+    atomic_write_json,
+    publish_new,
+    read_regular,
+    rename_noreplace,
+)
 from emif_daemon.share.claims import forget_broken
 from emif_daemon.share.clock import utc_stamp
 from emif_daemon.share.failure_records import FailureLog
 from emif_daemon.share.layout import Layout
+from emif_daemon.share.names import key_component
 
 GENERATE = "generate"
+MAX_JOURNAL_BYTES = 512 * 2**20
 
 
 @dataclass(frozen=True)
 class FixResult:
     batch: str
     pending_again: int  # failed items made pending with the new plan
+
+
+@dataclass(frozen=True)
+class Fix:
+    """A fix checked and ready to be written down."""
+
+    batch: str
+    data: bytes
+    plan: Plan
+    failed: list[str]
 
 
 def batch_file(layout: Layout, name: str) -> Path | None:
@@ -71,12 +100,10 @@ def fix_problems(old: Plan, new: Plan) -> list[str]:
     return problems
 
 
-def fix_batch(layout: Layout, exp: Expansion, name: str, data: bytes) -> FixResult | list[str]:
-    """Replace the plan of batch `name` by the corrected file `data` and make its failed
-    items pending again; the problems if it cannot."""
-    where = batch_file(layout, name)
+def propose_fix(layout: Layout, exp: Expansion, name: str, data: bytes) -> Fix | list[str]:
+    """The fix of batch `name` by the corrected file `data`, or why there is none."""
     old = read_plan(layout, name)
-    if where is None or old is None:
+    if batch_file(layout, name) is None or old is None:
         return [f"{name}: no accepted or finished batch of that name under {layout.queue}"]
     parsed = parse(data, exp.limits)
     if parsed.problems:
@@ -84,33 +111,108 @@ def fix_batch(layout: Layout, exp: Expansion, name: str, data: bytes) -> FixResu
     sha = hashlib.sha256(data).hexdigest()
     if sha == old.sha256:
         return [f"{name}: the file is the batch as it is; `emif retry` retries it unchanged"]
-    new = expand(
-        parsed,
-        file_sha=sha,
-        template=exp.template,
-        negative_default=exp.negative_default,
-        base_payload=exp.base_payload,
-        source=name,
-    )
+    new = exp.plan(parsed, sha, name)
     problems = fix_problems(old, new)
     if problems:
         return problems
     pairs = zip(old.jobs, new.jobs, strict=True)
     kept = Plan(name, sha, tuple(replace(j, first=w.first) for w, j in pairs))
-    failed = failed_items(layout, name)
-    # The plan first: from here on a retried item is made with the new payload.
-    replace_plan(layout, name, kept)
+    return Fix(name, data, kept, failed_items(layout, name))
+
+
+def journal_path(layout: Layout, name: str) -> Path:
+    return layout.fixes / (key_component(Path(name).stem) + ".json")
+
+
+def start_fix(layout: Layout, fix: Fix, *, queued: Path | None = None) -> FixResult:
+    """Write the fix down (from here on it happens), then do it. `queued`: the corrected
+    file in queue/ that asked for it, removed once the fix is done."""
+    doc = {
+        "batch": fix.batch,
+        "sha256": fix.plan.sha256,
+        "data": base64.b64encode(fix.data).decode(),
+        "plan": fix.plan.to_json(),
+        "failed": fix.failed,
+        "queued": queued.name if queued is not None else None,
+        "at": utc_stamp(),
+    }
+    journal = journal_path(layout, fix.batch)
+    atomic_write_json(journal, doc)
+    return finish_fix(layout, journal)
+
+
+def pending_fixes(layout: Layout) -> list[Path]:
+    """Journals of fixes not finished yet (a host killed in the middle of one)."""
+    try:
+        return sorted(Path(e.path) for e in os.scandir(layout.fixes) if e.name.endswith(".json"))
+    except FileNotFoundError:
+        return []
+
+
+def finish_fix(layout: Layout, journal: Path) -> FixResult:
+    """Do (again) every step of the fix written in `journal`. OSError if it cannot be read,
+    ValueError if it is damaged: then nothing was changed by it."""
+    try:
+        doc = json.loads(read_regular(journal, MAX_JOURNAL_BYTES))
+        name, data = str(doc["batch"]), base64.b64decode(doc["data"], validate=True)
+        plan = Plan.from_json(doc["plan"])
+        failed = [str(k) for k in doc["failed"]]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{journal}: not a fix journal ({exc!r})") from exc
+    replace_plan(layout, name, plan)
     log = FailureLog(layout.failed, GENERATE)
     for key in failed:
         forget_broken(layout.broken, GENERATE, key)
         log.forget(key)
-    if where.parent == layout.done:
-        kept_as = layout.done / unique_name(layout.done, Path(name).stem + ".before-fix.json")
-        with contextlib.suppress(FileNotFoundError, FileExistsError):
-            rename_noreplace(where, kept_as)
-        where = layout.accepted / name
-    atomic_write(where, data)
+    _place(layout, name, data)
+    if doc.get("queued"):
+        queued = layout.queue / str(doc["queued"])
+        with contextlib.suppress(OSError):
+            if queued.read_bytes() == data:
+                queued.unlink()
+    journal.unlink(missing_ok=True)
     return FixResult(name, len(failed))
+
+
+def _place(layout: Layout, name: str, data: bytes) -> None:
+    """The corrected file becomes the batch's file in queue/accepted/; what it replaces is
+    kept in queue/done/ as `<stem>.before-fix.json`."""
+    accepted, done = layout.accepted / name, layout.done / name
+    with contextlib.suppress(FileNotFoundError):
+        old = accepted.read_bytes()
+        if old != data:  # a fix of a batch still at work: keep its old bytes, then replace
+            _keep_aside(layout, name, old)
+            atomic_write(accepted, data)
+    with contextlib.suppress(FileNotFoundError):
+        _set_aside(layout, done, name)
+    if not accepted.exists():
+        with contextlib.suppress(FileExistsError):
+            publish_new(accepted, data)
+
+
+def _aside_names(layout: Layout, name: str) -> list[Path]:
+    stem = Path(name).stem
+    return [
+        layout.done / f"{stem}.before-fix{'' if n == 1 else f'-{n}'}.json" for n in range(1, 1000)
+    ]
+
+
+def _keep_aside(layout: Layout, name: str, data: bytes) -> None:
+    for target in _aside_names(layout, name):
+        with contextlib.suppress(FileExistsError):
+            publish_new(target, data)
+            return
+
+
+def _set_aside(layout: Layout, done: Path, name: str) -> None:
+    """Rename the finished file out of the batch's way (FileNotFoundError if it is not
+    there: set aside already)."""
+    for target in _aside_names(layout, name):
+        try:
+            rename_noreplace(done, target)
+            return
+        except FileExistsError:
+            continue
 
 
 def cancel_batch(layout: Layout, name: str, *, host: str) -> dict[str, object] | None:

@@ -10,23 +10,26 @@ Deterministic: every host derives the same plan from the same accepted bytes.
 from __future__ import annotations
 
 import bisect
-import contextlib
 import hashlib
 import itertools
 import json
 import os
-from collections.abc import Iterator, Mapping
-from dataclasses import asdict, dataclass, field
+import unicodedata
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from emif_daemon.intake.plan_checks import PLAN_VERSION, checked_plan
 from emif_daemon.intake.prompts import MAX_SEED, Parsed, index_ranges
+from emif_daemon.logs import get_logger
 from emif_daemon.servers.dialects import merge_payload
 from emif_daemon.share.atomic import atomic_write, publish_new, read_regular
 from emif_daemon.share.layout import Layout
+from emif_daemon.share.names import key_component
 
-PLAN_VERSION = 2
 PLAN_SUFFIX = ".plan.json"
+COPY_SUFFIX = ".plan-copy.json"  # the plan's second copy: what a damaged plan is restored from
 MAX_PLAN_BYTES = 256 * 2**20  # a plan keeps jobs, not items: 100 000 jobs are ~60 MB
 
 
@@ -118,26 +121,14 @@ class Plan:
         }
 
     @classmethod
-    def from_json(cls, doc: dict[str, Any]) -> Plan:
-        """Also reads the first format, a list of items (each becomes a job of one)."""
-        if doc.get("version") == PLAN_VERSION:
-            return cls(doc["source"], doc["sha256"], tuple(JobPlan(**j) for j in doc["jobs"]))
-        jobs = tuple(
-            JobPlan(
-                i["loc"],
-                i["nation"],
-                i["category"],
-                i["index"],
-                1,
-                i["prompt"],
-                i["negative_prompt"],
-                i["seed"],
-                i["payload"],
-                i["images"],
-            )
-            for i in doc["items"]
-        )
-        return cls(doc["source"], doc["sha256"], jobs)
+    def from_json(cls, doc: Any) -> Plan:
+        """A plan as stored, every field checked (ValueError says what is wrong); also reads
+        the first format, a list of items (each becomes a job of one)."""
+        source, sha, rows = checked_plan(doc, JOB_FIELDS)
+        return cls(source, sha, tuple(JobPlan(**row) for row in rows))
+
+
+JOB_FIELDS = frozenset(f.name for f in fields(JobPlan))
 
 
 def build_payload(base: dict[str, Any], item: PlannedItem) -> dict[str, Any]:
@@ -178,9 +169,14 @@ def expand(
     base_payload: dict[str, Any],
     source: str = "",
     taken: Mapping[tuple[str, str], int] | None = None,
+    firsts: Sequence[int] | None = None,
 ) -> Plan:
-    """The plan of a valid file, in file order; its indices start after those `taken`
-    (the highest index per nation/category already planned or present)."""
+    """The plan of a valid file, in file order. Each job's first index is `firsts[n]` (as
+    reserved, allocation.py), else they follow those `taken` (the highest index per
+    nation/category already planned or present)."""
+    ranges = index_ranges(parsed.jobs, taken)
+    if firsts is not None:
+        ranges = [(job, first, 0) for job, first in zip(parsed.jobs, firsts, strict=True)]
     jobs = tuple(
         JobPlan(
             loc=job.loc,
@@ -196,17 +192,31 @@ def expand(
             payload=job.payload,
             images=images_per_answer({**base_payload, **job.payload}),
         )
-        for job, first, _last in index_ranges(parsed.jobs, taken)
+        for job, first, _last in ranges
     )
     return Plan(source, file_sha, jobs)
 
 
 # -- plan files --------------------------------------------------------------------------
+# `.emif/jobs/<key>.plan.json`, where <key> is the batch's stem case-folded (names.key_component):
+# `x.json` and `x.JSON`, one name on a Mac, are one plan path on every server, so a second
+# batch of that name cannot be published over the first (inbox.py renames it). A second copy
+# beside it, `<key>.plan-copy.json`, is what a damaged plan is restored from.
 
 
 def plan_path(layout: Layout, batch: str) -> Path:
-    """Where the plan of the batch (the accepted file's name) lives."""
-    return layout.jobs / (Path(batch).stem + PLAN_SUFFIX)
+    """Where the plan of the batch (the accepted file's name) lives; a plan published before
+    plan names were case-folded is found under the stem as written."""
+    stem = Path(batch).stem
+    path = layout.jobs / (key_component(stem) + PLAN_SUFFIX)
+    legacy = layout.jobs / (stem + PLAN_SUFFIX)
+    if legacy != path and not path.exists() and legacy.exists():
+        return legacy
+    return path
+
+
+def copy_path(plan_file: Path) -> Path:
+    return plan_file.with_name(plan_file.name.removesuffix(PLAN_SUFFIX) + COPY_SUFFIX)
 
 
 def plan_bytes(plan: Plan) -> bytes:
@@ -214,14 +224,22 @@ def plan_bytes(plan: Plan) -> bytes:
 
 
 def publish_plan(layout: Layout, batch: str, plan: Plan) -> None:
-    """The plan of a newly accepted file; FileExistsError if the batch has one already
-    (another host planned it first: the names are fixed by whoever published)."""
-    publish_new(plan_path(layout, batch), plan_bytes(plan))
+    """The plan of a newly accepted file, by a no-replace rename; FileExistsError if a plan
+    is at its path already (this batch's, planned by another host first, or another batch
+    of a name that differs only in case). Then its copy."""
+    path = plan_path(layout, batch)
+    data = plan_bytes(plan)
+    publish_new(path, data)
+    atomic_write(copy_path(path), data)
 
 
 def replace_plan(layout: Layout, batch: str, plan: Plan) -> None:
-    """A fix of a batch: the same names, new prompts or payloads (intake/batches.py)."""
-    atomic_write(plan_path(layout, batch), plan_bytes(plan))
+    """A fix of a batch: the same names, new prompts or payloads (intake/batches.py). The
+    copy first: a kill between the two leaves a good plan either way."""
+    path = plan_path(layout, batch)
+    data = plan_bytes(plan)
+    atomic_write(copy_path(path), data)
+    atomic_write(path, data)
 
 
 def has_plan(layout: Layout, batch: str) -> bool:
@@ -229,22 +247,71 @@ def has_plan(layout: Layout, batch: str) -> bool:
 
 
 def load_plan(path: Path) -> Plan:
-    """The plan in `path`; OSError if it cannot be read, ValueError if it is not a plan."""
-    raw = read_regular(path, MAX_PLAN_BYTES)
+    """The plan in `path`; FileNotFoundError if there is none, another OSError if it cannot
+    be read, ValueError saying what is wrong if it is damaged."""
     try:
-        doc = json.loads(raw)
-        if not isinstance(doc, dict):
-            raise TypeError(f"a JSON {type(doc).__name__}, not an object")
-        return Plan.from_json(doc)
-    except (TypeError, KeyError, RecursionError) as exc:
-        raise ValueError(f"not a plan: {exc!r}") from exc
+        raw = read_regular(path, MAX_PLAN_BYTES)
+    except OSError as exc:
+        if isinstance(exc, FileNotFoundError):
+            raise
+        raise ValueError(exc.strerror or str(exc)) from exc
+    try:
+        return Plan.from_json(json.loads(raw))
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise ValueError(str(exc) or type(exc).__name__) from exc
 
 
 def read_plan(layout: Layout, batch: str) -> Plan | None:
     """The batch's plan, or None while there is none (or it cannot be read)."""
-    with contextlib.suppress(OSError, ValueError):
-        return load_plan(plan_path(layout, batch))
-    return None
+    try:
+        plan = load_plan(plan_path(layout, batch))
+    except (OSError, ValueError):
+        return None
+    return plan if same_name(plan.source, batch) else None
+
+
+def same_name(a: str, b: str) -> bool:
+    """Whether a plan's `source` is this batch's name (x.json's plan is not x.JSON's)."""
+    return unicodedata.normalize("NFC", a) == unicodedata.normalize("NFC", b)
+
+
+def restore_plan(path: Path) -> Plan | None:
+    """Put the copy of a damaged plan in its place; the plan, or None if the copy is not
+    good either."""
+    try:
+        plan = load_plan(copy_path(path))
+    except (OSError, ValueError):
+        return None
+    atomic_write(path, plan_bytes(plan))
+    return plan
+
+
+@dataclass(frozen=True)
+class Damaged:
+    """A plan file that is there but is not a plan."""
+
+    path: Path
+    reason: str
+
+    def repair(self, said: set[str]) -> Plan | None:
+        """Restore the plan from its copy (`plan_restored`), or say once (`plan_damaged`)
+        what is wrong and what to do; the plan, or None."""
+        plan = restore_plan(self.path)
+        if plan is not None:
+            log = get_logger()
+            log.warning("plan_restored", plan=str(self.path), damage=self.reason)
+            return plan
+        if str(self.path) not in said:
+            said.add(str(self.path))
+            get_logger().error(
+                "plan_damaged",
+                plan=str(self.path),
+                damage=self.reason,
+                hint="its copy is damaged too, so the names of its batch's images are unknown "
+                "and its items are not made (other batches go on); restore both files from a "
+                "backup of the share, or `emif cancel` the batch and drop the file again",
+            )
+        return None
 
 
 class PlanBook:
@@ -253,7 +320,7 @@ class PlanBook:
 
     def __init__(self, layout: Layout) -> None:
         self.layout = layout
-        self._parsed: dict[str, tuple[tuple[int, int], Plan | None]] = {}
+        self._parsed: dict[str, tuple[tuple[int, int], Plan | Damaged]] = {}
 
     def plans(self, *, cancelled: bool = True) -> list[Plan]:
         """Every readable plan in name order; without those of cancelled batches if
@@ -268,8 +335,8 @@ class PlanBook:
         seen, out = set(), []
         for entry in entries:
             seen.add(entry.name)
-            plan = self._read(entry)
-            if plan is not None and (
+            plan = self._read(Path(entry.path))
+            if isinstance(plan, Plan) and (
                 cancelled or not (self.layout.cancelled / plan.source).exists()
             ):
                 out.append(plan)
@@ -277,31 +344,45 @@ class PlanBook:
             del self._parsed[gone]
         return out
 
+    def damaged(self) -> list[Damaged]:
+        """The plan files found damaged since the last call (each is looked at again when
+        it is next read)."""
+        found = [(k, p) for k, (_sig, p) in self._parsed.items() if isinstance(p, Damaged)]
+        for key, _plan in found:
+            del self._parsed[key]
+        return [p for _k, p in found]
+
     def get(self, batch: str) -> Plan | None:
-        """The batch's plan, or None while there is none (or it cannot be read)."""
-        path = plan_path(self.layout, batch)
+        """The batch's plan, or None while there is none, it is damaged, or it is another
+        batch's (a name that differs only in case)."""
+        plan = self.state(batch)
+        return plan if isinstance(plan, Plan) else None
+
+    def state(self, batch: str) -> Plan | Damaged | None:
+        """The batch's plan, what is wrong with it, or None if it has none (yet)."""
+        plan = self._read(plan_path(self.layout, batch))
+        if isinstance(plan, Plan) and not same_name(plan.source, batch):
+            return None
+        return plan
+
+    def _read(self, path: Path) -> Plan | Damaged | None:
         try:
             st = path.stat()
-        except OSError:
+        except FileNotFoundError:
             self._parsed.pop(path.name, None)
             return None
-        return self._parse(path, (st.st_size, st.st_mtime_ns))
-
-    def _read(self, entry: os.DirEntry[str]) -> Plan | None:
-        try:
-            st = entry.stat()
-        except OSError:
-            return None
-        return self._parse(Path(entry.path), (st.st_size, st.st_mtime_ns))
-
-    def _parse(self, path: Path, sig: tuple[int, int]) -> Plan | None:
+        except OSError as exc:
+            return Damaged(path, exc.strerror or str(exc))
+        sig = (st.st_size, st.st_mtime_ns)
         known = self._parsed.get(path.name)
         if known is not None and known[0] == sig:
             return known[1]
         try:
-            plan: Plan | None = load_plan(path)
-        except (OSError, ValueError):
-            plan = None
+            plan: Plan | Damaged = load_plan(path)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            plan = Damaged(path, str(exc))
         self._parsed[path.name] = (sig, plan)
         return plan
 

@@ -72,12 +72,30 @@ def fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def make_dirs(folder: Path) -> None:
+    """`mkdir -p` without recursion: pathlib's and os.makedirs recurse once per missing
+    level, so a tree 1 000 folders deep would raise RecursionError in every round."""
+    missing: list[Path] = []
+    path = folder
+    while not path.is_dir():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for path in reversed(missing):
+        try:
+            os.mkdir(path)
+        except FileExistsError:
+            if not path.is_dir():
+                raise
+
+
 def write_temp(final: Path, data: bytes, *, make_parents: bool = True) -> Path:
     """`data` under a temp name beside `final`, synced. Without `make_parents`, a missing
     folder is an error (FileNotFoundError): nothing is written where a share is away."""
     tmp = temp_name(final)
     if make_parents:
-        final.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(final.parent)
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

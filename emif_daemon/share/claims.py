@@ -23,7 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from emif_daemon.share.atomic import Broken, break_by_rename, durable_sync
+from emif_daemon.share.atomic import Broken, break_by_rename, durable_sync, make_dirs
 from emif_daemon.share.clock import ServerClock
 from emif_daemon.share.held import CLAIM_BROKEN_MARK, held_name
 from emif_daemon.share.identity import HostIdentity
@@ -123,7 +123,7 @@ class ClaimStore:
     def try_claim(self, stage: str, item: str) -> Claim | None:
         """Create the claim exclusively; None if another host (or thread) holds it or did it."""
         path = self.path(stage, item)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(path.parent)
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
@@ -284,7 +284,7 @@ class ClaimStore:
         # `<item>.claim.<machine>.<pid>.<random>` in .emif/broken/: counted as an attempt
         name = held_name(path.name, CLAIM_BROKEN_MARK, hidden=False, machine=me.machine, pid=me.pid)
         target = self.broken_dir / stage / Path(item).parent / name
-        target.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(target.parent)
         if break_by_rename(path, target, raw) is not Broken.BROKEN:
             return None
         return before if before is not None else {}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -14,6 +15,8 @@ from emif_daemon.share.clock import utc_stamp
 from emif_daemon.share.watch import TreeScanner
 
 SUFFIX = ".json"
+MAX_PLAIN_BYTES = 200  # a record's name, and its temp name's ~40 bytes more, within 255
+HASHED = "~h"
 
 
 @dataclass(frozen=True)
@@ -63,20 +66,38 @@ class FailureLog:
         self._scanner = TreeScanner(self.folder, want=lambda n: n.endswith(SUFFIX))
 
     def path(self, key: str) -> Path:
-        return self.folder / (key + SUFFIX)
+        """`<key>.json`; for a name too long for that (and its temp name while written),
+        a short name with the key's hash, the key itself inside (`item`)."""
+        head, _, name = key.rpartition("/")
+        if len((name + SUFFIX).encode()) <= MAX_PLAIN_BYTES:
+            return self.folder / (key + SUFFIX)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        short = name.encode()[:80].decode(errors="ignore")
+        return self.folder / head / f"{short}{HASHED}{digest}{SUFFIX}"
 
     def keys(self) -> set[str]:
-        return {rel.removesuffix(SUFFIX) for rel in self._scanner.scan()}
+        out = set()
+        for rel in self._scanner.scan():
+            if HASHED in rel.rpartition("/")[2]:
+                record = self._read(self.folder / self._scanner.actual(rel), "")
+                if record is not None and record.item:
+                    out.add(record.item)
+                continue
+            out.add(rel.removesuffix(SUFFIX))
+        return out
 
     def has(self, key: str) -> bool:
         return self.path(key).exists()
 
     def read(self, key: str) -> FailureRecord | None:
         """The record, or None if it is gone or unreadable."""
+        return self._read(self.path(key), key)
+
+    def _read(self, path: Path, key: str) -> FailureRecord | None:
         with contextlib.suppress(OSError, ValueError):
-            doc = json.loads(self.path(key).read_bytes())
+            doc = json.loads(path.read_bytes())
             if isinstance(doc, dict):
-                return FailureRecord.from_json(doc, self.stage, key)
+                return FailureRecord.from_json(doc, self.stage, key or str(doc.get("item", "")))
         return None
 
     def record(self, record: FailureRecord) -> Path:

@@ -112,6 +112,16 @@ class Layout:
         return self.state / "jobs"
 
     @property
+    def indices(self) -> Path:
+        """Image indices reserved by exclusive creates (intake/allocation.py)."""
+        return self.state / "indices"
+
+    @property
+    def fixes(self) -> Path:
+        """Fixes of batches under way, each with the corrected file (intake/batches.py)."""
+        return self.state / "fixes"
+
+    @property
     def control(self) -> Path:
         return self.state / "control"
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from emif_daemon.logs import get_logger
-from emif_daemon.share.atomic import Broken, break_by_rename
+from emif_daemon.share.atomic import Broken, break_by_rename, make_dirs
 from emif_daemon.share.claims import parse_claim
 from emif_daemon.share.clock import ServerClock, utc_stamp
 from emif_daemon.share.held import BROKEN_MARK, held_name
@@ -77,7 +77,7 @@ class HostLock:
         return self._break_stale() and self._create()
 
     def _create(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.path.parent)
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:

@@ -8,6 +8,7 @@ within the 255-byte limit of a name.
 
 from __future__ import annotations
 
+import hashlib
 import unicodedata
 
 from emif_daemon.share.held import CLAIM_BROKEN_MARK, TEMP_MARK, longest_held_name
@@ -97,3 +98,15 @@ def derived_names(nation: str, category: str, index: int, image: int) -> list[st
 def longest_name_bytes(nation: str, category: str, last_index: int, images: int) -> int:
     """Bytes of the longest name derived from a job whose indices end at `last_index`."""
     return max(len(n.encode()) for n in derived_names(nation, category, last_index, images))
+
+
+def key_component(name: str) -> str:
+    """A file name for `name_key(name)`: what records named after a user's name (a batch,
+    a nation, a category) are created under, so two spellings a Mac takes for one name are
+    one record on every server. Long keys keep a readable head and a hash."""
+    key = name_key(name)
+    raw = key.encode()
+    if len(raw) <= 120 and not key.startswith("."):
+        return key
+    head = raw[:60].decode(errors="ignore").lstrip(".")
+    return f"{head}~{hashlib.sha256(raw).hexdigest()[:16]}"
