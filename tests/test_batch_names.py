@@ -39,7 +39,7 @@ def events(root: Path, name: str) -> list[dict[str, Any]]:
 def once(cfg: Path, *stages: str) -> int:
     args = ["run", "--once", "--no-progress", "--config", str(cfg)]
     args += ["--stages", ",".join(stages)] if stages else []
-    return run_emif(*args, timeout=120).returncode
+    return run_emif(*args, timeout=300).returncode
 
 
 def plans_of(root: Path) -> dict[str, list[tuple[int, int]]]:
